@@ -1,0 +1,38 @@
+# licexp: `make train` and `make test` install what is missing (uv, then a locked .venv).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(PYTHON) -m uv
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install train eval test test-all lint bench clean
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen
+	@touch $@
+
+install: $(VENV)/.installed  ## create .venv from uv.lock (reproducible)
+
+train: install  ## train the default model (override: make train ARGS="quant=ste lmbda=0.013")
+	$(PY) -m licexp.train $(ARGS)
+
+eval: install  ## evaluate the last run on real bitstreams (ARGS="ckpt_path=... data=kodak")
+	$(PY) -m licexp.eval $(ARGS)
+
+test: install  ## the test suite (what CI runs)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-all: install  ## including the slow tests
+	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+	$(VENV)/bin/ruff format --check src tests benchmarks experiments
+
+bench: install  ## benchmarks; results go to BENCHMARKS.md
+	$(PY) benchmarks/step_time.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

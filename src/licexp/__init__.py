@@ -1,0 +1,1 @@
+"""licexp: quantisation in learned image compression, as swappable experiments."""

@@ -1,0 +1,6 @@
+"""Codec backbones: one module per model family, one Hydra config each in ``conf/backbone/``."""
+
+from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec
+from licexp.backbones.hyperprior import MeanScaleHyperprior, ScaleHyperprior
+
+__all__ = ["Bitstreams", "CodecOutput", "LearnedCodec", "MeanScaleHyperprior", "ScaleHyperprior"]

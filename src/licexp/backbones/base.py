@@ -1,0 +1,87 @@
+"""What every backbone provides: a forward pass for training and metrics, and real coding."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models import CompressionModel
+from compressai.models.utils import update_registered_buffers
+from torch import Tensor, nn
+
+from licexp.quant import QuantizationStrategy
+
+
+@dataclass
+class CodecOutput:
+    """The result of a backbone's forward pass.
+
+    ``likelihoods`` maps each coded latent (``"y"``, ``"z"``) to its element-wise
+    likelihoods; ``latents`` holds the tensors the metrics need: ``y`` and ``z`` before
+    quantisation, ``y_hat`` (what the decoder saw), ``y_rate`` (what the rate saw, in the
+    coded domain), ``means`` and ``scales`` of the conditional Gaussian.
+    """
+
+    x_hat: Tensor
+    likelihoods: dict[str, Tensor]
+    latents: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Bitstreams:
+    """The strings of every coded latent of a batch, and the shape the decoder starts from."""
+
+    strings: dict[str, list[bytes]]
+    """Latent name -> one string per image of the batch, in decoding order."""
+    latent_size: tuple[int, int]
+    """Spatial size of the first-decoded latent (the hyper latent ``z``)."""
+
+
+class LearnedCodec(CompressionModel):
+    """Base class of the backbones: an auto-encoder whose latents are entropy coded.
+
+    Subclasses build their transforms, then call :meth:`attach_quantizer` last so that a
+    strategy may wrap the finished modules (e.g. spectral normalisation of ``g_a``).
+    """
+
+    downsampling_factor: int = 64
+    """Input sides must be multiples of this; evaluation pads images to it."""
+
+    quantizer: QuantizationStrategy
+
+    def attach_quantizer(self, quantizer: QuantizationStrategy) -> None:
+        """Registers the strategy and lets it wrap this codec's modules."""
+        self.quantizer = quantizer
+        quantizer.attach(self)
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> CodecOutput:
+        """Training approximation in train mode; the hard-quantised pass in eval mode."""
+
+    @abstractmethod
+    def compress(self, x: Tensor) -> Bitstreams:
+        """Entropy codes ``x`` (sides multiples of ``downsampling_factor``)."""
+
+    @abstractmethod
+    def decompress(self, bitstreams: Bitstreams) -> Tensor:
+        """Decodes ``x_hat`` (unclamped) from the bitstreams."""
+
+
+def resize_entropy_buffers(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
+    """Resizes the CDF buffers of every entropy model of ``model`` to those of ``state_dict``.
+
+    ``update()`` gives the CDF tables their size only after training, so a plain
+    ``load_state_dict`` of an updated checkpoint into a fresh model fails; CompressAI's
+    ``CompressionModel.load_state_dict`` does this for a bare codec, and this function
+    does the same for a codec nested in another module (the LightningModule).
+    """
+    buffers = {
+        EntropyBottleneck: ["_quantized_cdf", "_offset", "_cdf_length"],
+        GaussianConditional: ["_quantized_cdf", "_offset", "_cdf_length", "scale_table"],
+    }
+    for name, module in model.named_modules():
+        for kind, names in buffers.items():
+            if isinstance(module, kind) and any(k.startswith(f"{name}.") for k in state_dict):
+                update_registered_buffers(module, name, names, dict(state_dict))

@@ -1,0 +1,158 @@
+"""Hyperprior backbones: Balle et al. (2018) scale hyperprior and its mean-scale variant.
+
+Layers follow CompressAI's ``bmshj2018-hyperprior`` and ``mbt2018-mean`` models; the
+mean-scale model without context is the architecture of Pan et al.'s three-gaps study.
+"""
+
+from __future__ import annotations
+
+from compressai.layers import GDN
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec
+from licexp.backbones.latent_coders import GaussianLatentCoder, HyperLatentCoder
+from licexp.quant import QuantizationStrategy
+
+
+def gdn_analysis(N: int, M: int) -> nn.Sequential:
+    """``g_a``: four stride-2 5x5 convolutions with GDN between them (Balle et al., 2018)."""
+    return nn.Sequential(conv(3, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+
+
+def gdn_synthesis(N: int, M: int) -> nn.Sequential:
+    """``g_s``: four stride-2 5x5 transposed convolutions with inverse GDN between them."""
+    return nn.Sequential(
+        deconv(M, N),
+        GDN(N, inverse=True),
+        deconv(N, N),
+        GDN(N, inverse=True),
+        deconv(N, N),
+        GDN(N, inverse=True),
+        deconv(N, 3),
+    )
+
+
+class HyperpriorCodec(LearnedCodec):
+    """``x -> g_a -> y -> h_a -> z``; ``z_hat -> h_s -> (scales, means) -> p(y_hat | z_hat)``.
+
+    Subclasses define ``h_a``, ``h_s``, what ``h_a`` reads (:meth:`hyper_analysis_input`)
+    and how ``h_s``'s output splits into entropy parameters (:meth:`entropy_parameters`).
+    """
+
+    def __init__(self, N: int, M: int, quantizer: QuantizationStrategy) -> None:
+        super().__init__()
+        self.N, self.M = N, M
+        self.g_a = gdn_analysis(N, M)
+        self.g_s = gdn_synthesis(N, M)
+        self.h_a, self.h_s = self.hyper_transforms(N, M)
+        self.hyper_latent = HyperLatentCoder(N)
+        self.latent = GaussianLatentCoder()
+        self.attach_quantizer(quantizer)
+
+    def hyper_transforms(self, N: int, M: int) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def hyper_analysis_input(self, y: Tensor) -> Tensor:
+        return y
+
+    def entropy_parameters(self, hyper_output: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Returns ``(scales, means)``; ``means`` is ``None`` for a zero-mean model."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> CodecOutput:
+        y = self.g_a(x)
+        z = self.h_a(self.hyper_analysis_input(y))
+        z_coded = self.hyper_latent(z, self.quantizer)
+        scales, means = self.entropy_parameters(self.h_s(z_coded.decoder_input))
+        y_coded = self.latent(y, scales, means, self.quantizer)
+        latents = {
+            "y": y,
+            "z": z,
+            "y_hat": y_coded.decoder_input,
+            "y_rate": y_coded.rate_input,
+            "scales": scales,
+        }
+        if means is not None:
+            latents["means"] = means
+        return CodecOutput(
+            x_hat=self.g_s(y_coded.decoder_input),
+            likelihoods={"y": y_coded.likelihoods, "z": z_coded.likelihoods},
+            latents=latents,
+        )
+
+    def compress(self, x: Tensor) -> Bitstreams:
+        y = self.g_a(x)
+        z = self.h_a(self.hyper_analysis_input(y))
+        z_strings, z_hat = self.hyper_latent.compress(z, self.quantizer)
+        scales, means = self.entropy_parameters(self.h_s(z_hat))
+        y_strings, _ = self.latent.compress(y, scales, means, self.quantizer)
+        return Bitstreams({"z": z_strings, "y": y_strings}, latent_size=tuple(z.shape[-2:]))
+
+    def decompress(self, bitstreams: Bitstreams) -> Tensor:
+        z_hat = self.hyper_latent.decompress(
+            bitstreams.strings["z"], bitstreams.latent_size, self.quantizer
+        )
+        scales, means = self.entropy_parameters(self.h_s(z_hat))
+        y_hat = self.latent.decompress(bitstreams.strings["y"], scales, means, self.quantizer)
+        return self.g_s(y_hat)
+
+
+class ScaleHyperprior(HyperpriorCodec):
+    """Balle et al. (2018), "Variational image compression with a scale hyperprior".
+
+    ``z = h_a(|y|)``; ``h_s`` predicts the scales ``sigma`` of a zero-mean Gaussian.
+    """
+
+    def hyper_transforms(self, N: int, M: int) -> tuple[nn.Module, nn.Module]:
+        h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3),
+            nn.ReLU(inplace=True),
+            conv(N, N),
+            nn.ReLU(inplace=True),
+            conv(N, N),
+        )
+        h_s = nn.Sequential(
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            deconv(N, N),
+            nn.ReLU(inplace=True),
+            conv(N, M, stride=1, kernel_size=3),
+            nn.ReLU(inplace=True),
+        )
+        return h_a, h_s
+
+    def hyper_analysis_input(self, y: Tensor) -> Tensor:
+        return y.abs()
+
+    def entropy_parameters(self, hyper_output: Tensor) -> tuple[Tensor, Tensor | None]:
+        return hyper_output, None
+
+
+class MeanScaleHyperprior(HyperpriorCodec):
+    """Minnen et al. (2018) mean-scale hyperprior without the autoregressive context.
+
+    ``z = h_a(y)``; ``h_s`` predicts ``(sigma, mu)`` of ``p(y_hat | z_hat) = N(mu, sigma)``:
+    the model Pan et al. use to compare quantisation approximations.
+    """
+
+    def hyper_transforms(self, N: int, M: int) -> tuple[nn.Module, nn.Module]:
+        h_a = nn.Sequential(
+            conv(M, N, stride=1, kernel_size=3),
+            nn.LeakyReLU(inplace=True),
+            conv(N, N),
+            nn.LeakyReLU(inplace=True),
+            conv(N, N),
+        )
+        h_s = nn.Sequential(
+            deconv(N, M),
+            nn.LeakyReLU(inplace=True),
+            deconv(M, M * 3 // 2),
+            nn.LeakyReLU(inplace=True),
+            conv(M * 3 // 2, M * 2, stride=1, kernel_size=3),
+        )
+        return h_a, h_s
+
+    def entropy_parameters(self, hyper_output: Tensor) -> tuple[Tensor, Tensor | None]:
+        scales, means = hyper_output.chunk(2, dim=1)
+        return scales, means

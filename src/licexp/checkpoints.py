@@ -1,0 +1,70 @@
+"""Reading licexp checkpoints: clear errors for missing, corrupt or foreign files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+
+from licexp.backbones import LearnedCodec
+
+CONFIG_KEY = "licexp_config"
+CODEC_PREFIX = "codec."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or was not written by licexp."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Loads a Lightning checkpoint written by licexp onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises several unrelated types for a damaged file
+        raise CheckpointError(
+            f"checkpoint {path} is not readable (truncated or corrupt?): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    if CONFIG_KEY not in checkpoint:
+        raise CheckpointError(f"{path} was not written by licexp (no {CONFIG_KEY!r} entry)")
+    return checkpoint
+
+
+def codec_from_checkpoint(path: str | Path) -> tuple[LearnedCodec, dict[str, Any]]:
+    """Rebuilds the backbone with its quantiser from a checkpoint; returns it and the config."""
+    checkpoint = read_checkpoint(path)
+    config = checkpoint[CONFIG_KEY]
+    quantizer = hydra.utils.instantiate(config["quant"])
+    codec = hydra.utils.instantiate(config["backbone"], quantizer=quantizer)
+    state = {
+        key[len(CODEC_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(CODEC_PREFIX)
+    }
+    try:
+        codec.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"checkpoint {path} does not match its backbone config: {error}"
+        ) from error
+    return codec, config
+
+
+def find_last_checkpoint(log_dir: str | Path) -> Path:
+    """The most recently written ``last.ckpt`` under ``log_dir`` (runs and multiruns)."""
+    candidates = sorted(
+        Path(log_dir).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime
+    )
+    if not candidates:
+        raise FileNotFoundError(
+            f"no checkpoints/last.ckpt under {log_dir}: train a model first "
+            "(`make train`) or pass ckpt_path=..."
+        )
+    return candidates[-1]

@@ -1,0 +1,43 @@
+"""Evaluate a checkpoint on real bitstreams: ``python -m licexp.eval [ckpt_path=...] [data=...]``.
+
+Rebuilds the backbone and quantiser from the configuration stored in the checkpoint,
+codes every image of ``data.test`` with the rANS coder, checks each decode, and writes
+CompressAI-schema JSON, a per-image CSV, the bitstreams and reconstructions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from licexp.checkpoints import codec_from_checkpoint, find_last_checkpoint
+from licexp.evaluation.evaluate import evaluate_codec
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    ckpt_path = Path(cfg.ckpt_path or find_last_checkpoint(cfg.paths.log_dir))
+    log.info("Evaluating %s", ckpt_path)
+    codec, run_config = codec_from_checkpoint(ckpt_path)
+    dataset = hydra.utils.instantiate(cfg.data.test or cfg.data.val)
+    return evaluate_codec(
+        codec,
+        dataset,
+        Path(cfg.paths.output_dir),
+        name=run_config.get("run_name", ckpt_path.stem),
+        anchors=cfg.anchors,
+        reconstructions=cfg.reconstructions,
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: image-quality metrics, classical codec anchors and results writers."""

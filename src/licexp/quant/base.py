@@ -1,0 +1,120 @@
+"""The quantisation-strategy interface every backbone's latent coding calls.
+
+A strategy decides, for a latent ``y`` and its predicted mean ``mu`` (``None`` for a
+zero-mean model), three things:
+
+1. **What the rate term sees** (``QuantizedLatent.rate_input``): the value at which the
+   entropy model's likelihood is evaluated in training.
+2. **What the decoder sees** (``QuantizedLatent.decoder_input``): the value passed to
+   ``g_s``, to ``h_s`` for the hyper latent, and to any context model.
+3. **What the hard inference path does**: the symbols are ``round(v - offset)`` with
+   ``offset = coding_offset(mu)`` and are decoded as ``symbols + offset``; this is the
+   value both the real bitstream and the hard-quantised forward pass reconstruct.
+
+Strategies work on the *coded variable* ``v = to_coded(y)`` and map back with
+``from_coded``. The three extension points later strategies need are part of the
+interface from the start:
+
+- **Wrapping modules** (Soft-STE's spectral normalisation of the encoder ``g_a``):
+  ``attach(codec)`` is called once by the backbone after it is built and may replace or
+  re-parametrise any of its modules.
+- **The rate as a function of the latent** (Soft-STE's FGSM dequantisation,
+  ``xi = eps * sign(d rate / d y_hat)``): ``quantize_train`` receives
+  ``likelihood_fn``, the entropy model's element-wise likelihood of a coded value with the
+  entropy parameters held fixed, so a strategy can differentiate the rate w.r.t. its
+  input.
+- **A change of the coded variable's domain** (the Fourier QECM of Jiang et al., which
+  codes ``y_qc = y - s(y)`` and decodes ``y_qc_hat + s(y_qc_hat + dn)``):
+  ``to_coded`` / ``from_coded`` map between the latent and the coded domain, for ``y`` and
+  for the hyper latent ``z`` alike; ``from_coded`` is told whether it runs in training or
+  at inference, where it must be deterministic so that the decoder reproduces it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+LikelihoodFunction = Callable[[Tensor], Tensor]
+"""Element-wise likelihood of a coded value under the entropy model (parameters fixed)."""
+
+
+class QuantizedLatent(NamedTuple):
+    """A training-time quantisation approximation of one latent tensor."""
+
+    rate_input: Tensor
+    """Coded-domain value at which the likelihood (the rate term) is evaluated."""
+    decoder_input: Tensor
+    """Coded-domain value handed on (through ``from_coded``) to the decoder side."""
+
+
+def straight_through_round(x: Tensor) -> Tensor:
+    """``round(x)`` in the forward pass with the identity gradient (Bengio et al., 2013)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def round_around(x: Tensor, offset: Tensor | None) -> Tensor:
+    """Hard quantisation ``round(x - offset) + offset`` (``round(x)`` without offset)."""
+    if offset is None:
+        return torch.round(x)
+    return torch.round(x - offset) + offset
+
+
+def uniform_noise_like(x: Tensor) -> Tensor:
+    """Samples ``u ~ U(-1/2, 1/2)`` of the shape of ``x``: Balle et al.'s proxy of rounding."""
+    return torch.empty_like(x).uniform_(-0.5, 0.5)
+
+
+class QuantizationStrategy(nn.Module, ABC):
+    """How a latent is quantised in training and at inference (see the module docstring)."""
+
+    def attach(self, codec: nn.Module) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Called once by the backbone after construction; may wrap the codec's modules."""
+
+    def to_coded(self, latent: Tensor) -> Tensor:
+        """Maps a latent into the domain of the coded variable (identity by default)."""
+        return latent
+
+    def from_coded(self, coded: Tensor, *, inference: bool) -> Tensor:
+        """Maps a (quantised) coded value back to the latent the decoder sees.
+
+        At inference (``inference=True``) the result must be a deterministic function of
+        ``coded`` (and of state the decoder has), so that decoding a bitstream reproduces
+        the encoder's reconstruction exactly.
+        """
+        del inference
+        return coded
+
+    def coding_offset(self, mean: Tensor | None) -> Tensor | None:
+        """Offset of the integer symbols: ``symbols = round(v - offset)``.
+
+        The default quantises around the predicted mean, ``round(v - mu) + mu``.
+        """
+        return mean
+
+    @abstractmethod
+    def quantize_train(
+        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+    ) -> QuantizedLatent:
+        """Training-time approximation of quantising the conditionally coded latent."""
+
+    def quantize_hyper_train(self, coded: Tensor, median: Tensor) -> QuantizedLatent:
+        """Training-time approximation for the factorised hyper latent ``z``.
+
+        CompressAI's convention: the rate sees ``z + u``, ``u ~ U(-1/2, 1/2)``, and
+        ``h_s`` sees the median-centred straight-through rounding
+        ``STE(z - median) + median``.
+        """
+        median = median.detach()
+        return QuantizedLatent(
+            rate_input=coded + uniform_noise_like(coded),
+            decoder_input=straight_through_round(coded - median) + median,
+        )
+
+    def quantize_hard(self, coded: Tensor, mean: Tensor | None) -> Tensor:
+        """Inference quantisation ``round(v - offset) + offset``: what the bitstream decodes to."""
+        return round_around(coded, self.coding_offset(mean))

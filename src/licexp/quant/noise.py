@@ -1,0 +1,42 @@
+"""Additive uniform noise (Balle et al., 2017), with the "noise+" test-time option of Pan et al."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from licexp.quant.base import (
+    LikelihoodFunction,
+    QuantizationStrategy,
+    QuantizedLatent,
+    uniform_noise_like,
+)
+
+
+class NoiseQuantization(QuantizationStrategy):
+    """Training: ``y_tilde = y + u``, ``u ~ U(-1/2, 1/2)``, seen by both rate and decoder.
+
+    At inference the latent is hard-rounded. With ``round_around_mean=False`` (the
+    paper's "noise") ``y_hat = round(y)``; the symbols are then coded as
+    ``round(y) - round(mu)`` so that a scale-indexed Gaussian table can code them; with
+    ``round_around_mean=True`` ("noise+", Pan et al. Section 4) ``y_hat = round(y - mu) + mu``.
+    """
+
+    def __init__(self, round_around_mean: bool = False) -> None:
+        super().__init__()
+        self.round_around_mean = round_around_mean
+
+    def quantize_train(
+        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+    ) -> QuantizedLatent:
+        del mean, likelihood_fn
+        noisy = coded + uniform_noise_like(coded)
+        return QuantizedLatent(rate_input=noisy, decoder_input=noisy)
+
+    def coding_offset(self, mean: Tensor | None) -> Tensor | None:
+        if mean is None or self.round_around_mean:
+            return mean
+        return torch.round(mean)
+
+    def extra_repr(self) -> str:
+        return f"round_around_mean={self.round_around_mean}"

@@ -1,0 +1,66 @@
+"""Train a codec: ``python -m licexp.train [overrides]`` (Hydra; ``-m`` for sweeps).
+
+Composes ``conf/train.yaml``, builds the backbone with its quantisation strategy, trains
+with Lightning, then evaluates the final model on real bitstreams (``evaluate=true``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from licexp.checkpoints import read_checkpoint
+from licexp.config import instantiate_collection, save_run_info
+from licexp.evaluation.evaluate import evaluate_codec
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Runs one training job; returns the final metrics (a sweeper's objective among them)."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    save_run_info(output_dir)
+    if cfg.ckpt_path is not None:
+        read_checkpoint(cfg.ckpt_path)  # fail now, with a clear message, not mid-restore
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    quantizer = hydra.utils.instantiate(cfg.quant)
+    codec = hydra.utils.instantiate(cfg.backbone, quantizer=quantizer)
+    module = hydra.utils.instantiate(
+        cfg.model, codec=codec, run_config=OmegaConf.to_container(cfg, resolve=True)
+    )
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=instantiate_collection(cfg.get("callbacks")),
+        logger=instantiate_collection(cfg.get("logger")) or False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+    if cfg.evaluate and trainer.is_global_zero:
+        summary = evaluate_codec(
+            codec,
+            datamodule.eval_dataset,
+            output_dir / "eval",
+            name=cfg.run_name,
+            anchors=cfg.evaluation.anchors,
+            reconstructions=cfg.evaluation.reconstructions,
+        )
+        metrics.update({f"eval/{key}": value for key, value in summary.items()})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

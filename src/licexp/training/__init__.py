@@ -1,0 +1,6 @@
+"""Training: the rate-distortion loss, the LightningModule and learning-rate schedules."""
+
+from licexp.training.loss import RateDistortionLoss, bits_per_pixel
+from licexp.training.module import CodecModule, split_parameters
+
+__all__ = ["CodecModule", "RateDistortionLoss", "bits_per_pixel", "split_parameters"]

@@ -1,0 +1,128 @@
+"""Lightning training of a codec: rate-distortion loss, main and aux optimisers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from licexp.backbones import LearnedCodec
+from licexp.backbones.base import resize_entropy_buffers
+from licexp.evaluation.metrics import ms_ssim_batch, psnr_batch
+from licexp.training.loss import RateDistortionLoss
+
+OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
+SchedulerFactory = Callable[[Optimizer], LRScheduler]
+
+AUX_PARAMETER_SUFFIX = ".quantiles"
+"""``EntropyBottleneck.quantiles`` are trained by the aux loss alone (CompressAI)."""
+
+
+def split_parameters(codec: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Splits the parameters into the main (RD loss) and the aux (quantiles) groups."""
+    main, aux = [], []
+    for name, parameter in codec.named_parameters():
+        if parameter.requires_grad:
+            (aux if name.endswith(AUX_PARAMETER_SUFFIX) else main).append(parameter)
+    return main, aux
+
+
+class CodecModule(L.LightningModule):
+    """Trains a :class:`LearnedCodec` on ``lambda * D + R`` with manual optimisation.
+
+    Two optimisers step every batch: the main one on the RD loss (gradient norm clipped)
+    and the aux one on ``codec.aux_loss()``, which fits the ``EntropyBottleneck``
+    quantiles used by the real entropy coder.
+    """
+
+    def __init__(
+        self,
+        codec: LearnedCodec,
+        loss: RateDistortionLoss,
+        optimizer: OptimizerFactory,
+        aux_optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        clip_grad_norm: float | None = 1.0,
+        run_config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.codec = codec
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.aux_optimizer_factory = aux_optimizer
+        self.scheduler_factory = scheduler
+        self.clip_grad_norm = clip_grad_norm
+        self.run_config = run_config or {}
+
+    def configure_optimizers(self) -> Any:
+        main, aux = split_parameters(self.codec)
+        optimizer = self.optimizer_factory(main)
+        aux_optimizer = self.aux_optimizer_factory(aux)
+        if self.scheduler_factory is None:
+            return [optimizer, aux_optimizer]
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
+        return [optimizer, aux_optimizer], [scheduler]
+
+    def _step_terms(self, x: Tensor) -> dict[str, Tensor]:
+        output = self.codec(x)
+        terms = self.loss(output, x)
+        with torch.no_grad():
+            x_hat = output.x_hat.detach()
+            terms["psnr"] = psnr_batch(x, x_hat).mean()
+            terms["ms_ssim"] = ms_ssim_batch(x, x_hat.clamp(0, 1)).mean()
+        return terms
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        optimizer, aux_optimizer = self.optimizers()
+        terms = self._step_terms(batch["image"])
+
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(terms["loss"])
+        if self.clip_grad_norm:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.clip_grad_norm, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+
+        # The aux step goes to the wrapped torch optimiser: a LightningOptimizer's step()
+        # would advance trainer.global_step a second time per batch, halving max_steps.
+        aux_loss = self.codec.aux_loss()
+        aux_optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(aux_loss)
+        aux_optimizer.optimizer.step()
+
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+        terms["aux_loss"] = aux_loss.detach()
+        terms["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
+        self._log_terms("train", terms, on_step=True, on_epoch=True)
+        return terms["loss"].detach()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        terms = self._step_terms(batch["image"])
+        self._log_terms("val", terms, on_step=False, on_epoch=True)
+
+    def _log_terms(self, stage: str, terms: dict[str, Tensor], **kwargs: bool) -> None:
+        shown = {"loss", "bpp", "psnr"}
+        for name, value in terms.items():
+            self.log(
+                f"{stage}/{name}",
+                value.detach().float(),
+                prog_bar=name in shown,
+                sync_dist=stage != "train",
+                **kwargs,
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["licexp_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        resize_entropy_buffers(self, checkpoint["state_dict"])
