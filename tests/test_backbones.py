@@ -74,3 +74,36 @@ def test_eval_mode_latent_is_what_the_strategy_says_at_inference() -> None:
         output = codec(torch.rand(1, 3, 64, 64))
     means = output.latents["means"]
     assert torch.allclose(output.latents["y_hat"], torch.round(output.latents["y"] - means) + means)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 96, 64), (1, 1, 64, 64), (3, 64, 64)])
+def test_uncodable_inputs_fail_with_a_clear_message(shape) -> None:
+    codec = tiny(MeanScaleHyperprior, NoiseQuantization())
+    with pytest.raises(ValueError, match="divisible by 64|RGB images"):
+        codec(torch.rand(*shape))
+
+
+def test_offset_tables_code_plain_rounding_at_the_rate_the_model_estimates() -> None:
+    """Symbols round(y) - round(mu) follow a pmf centred on mu - round(mu); the offset
+    tables must code them at (close to) the model's estimate, as they code noise+."""
+    torch.manual_seed(1)
+    codec = tiny(MeanScaleHyperprior, NoiseQuantization()).eval()
+    with torch.no_grad():  # latents over several bins, scales 2, means off the integer grid
+        codec.g_a[-1].weight.mul_(10)
+        codec.h_s[-1].bias[:24].fill_(2.0)
+        codec.h_s[-1].bias[24:].uniform_(-3, 3)
+    codec.update(force=True)
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        estimate = -torch.log2(codec(x).likelihoods["y"]).sum().item()
+        actual = 8 * len(codec.compress(x).strings["y"][0])
+    assert estimate > 2000
+    assert actual == pytest.approx(estimate, rel=0.04)  # zero-offset tables: about +90 %
+
+
+def test_centred_tables_refuse_symbols_off_the_mean_grid() -> None:
+    codec = tiny(MeanScaleHyperprior, NoiseQuantization(round_around_mean=True)).eval()
+    codec.update(force=True)
+    codec.quantizer.round_around_mean = False
+    with pytest.raises(ValueError, match="offset tables"):
+        codec.compress(torch.rand(1, 3, 64, 64))

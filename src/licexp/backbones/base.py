@@ -51,6 +51,19 @@ class LearnedCodec(CompressionModel):
 
     quantizer: QuantizationStrategy
 
+    def check_input(self, x: Tensor) -> None:
+        """Raises a clear error unless ``x`` is ``[B, 3, H, W]`` with codable sides."""
+        if x.dim() != 4 or x.size(1) != 3:
+            raise ValueError(f"expected RGB images [B, 3, H, W], got shape {tuple(x.shape)}")
+        height, width = x.shape[-2:]
+        factor = self.downsampling_factor
+        if height % factor or width % factor:
+            raise ValueError(
+                f"{type(self).__name__} needs sides divisible by {factor}, got {height}x{width}: "
+                "crop training images to a multiple (data.train.size) or pad them "
+                "(licexp.evaluation.codec.pad_to_multiple)"
+            )
+
     def attach_quantizer(self, quantizer: QuantizationStrategy) -> None:
         """Registers the strategy and lets it wrap this codec's modules."""
         self.quantizer = quantizer

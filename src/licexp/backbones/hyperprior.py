@@ -47,7 +47,7 @@ class HyperpriorCodec(LearnedCodec):
         self.g_s = gdn_synthesis(N, M)
         self.h_a, self.h_s = self.hyper_transforms(N, M)
         self.hyper_latent = HyperLatentCoder(N)
-        self.latent = GaussianLatentCoder()
+        self.latent = GaussianLatentCoder(centred_on_mean=quantizer.centred_on_mean)
         self.attach_quantizer(quantizer)
 
     def hyper_transforms(self, N: int, M: int) -> tuple[nn.Module, nn.Module]:
@@ -61,6 +61,7 @@ class HyperpriorCodec(LearnedCodec):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> CodecOutput:
+        self.check_input(x)
         y = self.g_a(x)
         z = self.h_a(self.hyper_analysis_input(y))
         z_coded = self.hyper_latent(z, self.quantizer)
@@ -82,6 +83,7 @@ class HyperpriorCodec(LearnedCodec):
         )
 
     def compress(self, x: Tensor) -> Bitstreams:
+        self.check_input(x)
         y = self.g_a(x)
         z = self.h_a(self.hyper_analysis_input(y))
         z_strings, z_hat = self.hyper_latent.compress(z, self.quantizer)

@@ -72,6 +72,11 @@ def uniform_noise_like(x: Tensor) -> Tensor:
 class QuantizationStrategy(nn.Module, ABC):
     """How a latent is quantised in training and at inference (see the module docstring)."""
 
+    centred_on_mean: bool = True
+    """Whether ``coding_offset(mu) == mu``: the symbol grid follows the predicted mean. When
+    not, the coder needs CDF tables for fractional mean offsets as well (see
+    :class:`licexp.backbones.latent_coders.OffsetGaussianConditional`)."""
+
     def attach(self, codec: nn.Module) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once by the backbone after construction; may wrap the codec's modules."""
 

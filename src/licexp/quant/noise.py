@@ -26,6 +26,10 @@ class NoiseQuantization(QuantizationStrategy):
         super().__init__()
         self.round_around_mean = round_around_mean
 
+    @property
+    def centred_on_mean(self) -> bool:  # type: ignore[override]
+        return self.round_around_mean
+
     def quantize_train(
         self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
