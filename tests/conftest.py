@@ -1,33 +1,11 @@
-"""Shared fixtures: tiny codecs, config composition, and the optional ../shared data."""
+"""Shared fixtures."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "conf"
-SHARED_DIR = REPO_ROOT.parent / "shared"
-
-
-def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
-    """Composes a config like ``python -m licexp.train`` would, with Hydra's runtime set."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides or [], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
-
-
-def option_names(group: str) -> list[str]:
-    """The options of a config group, from the files in ``conf/<group>/``."""
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

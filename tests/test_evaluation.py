@@ -101,8 +101,13 @@ def test_evaluate_codec_writes_compressai_json_csv_bitstreams_and_reconstruction
     summary = evaluate_codec(toy_codec, dataset, tmp_path, name="toy", anchors=["jpeg"])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["name"] == "toy"
-    assert set(results["results"]) >= {"psnr-rgb", "ms-ssim-rgb", "bpp", "encoding_time",
-                                       "decoding_time"}
+    assert set(results["results"]) >= {
+        "psnr-rgb",
+        "ms-ssim-rgb",
+        "bpp",
+        "encoding_time",
+        "decoding_time",
+    }
     bytes_a = (tmp_path / "bitstreams" / "a.lic").stat().st_size
     bytes_b = (tmp_path / "bitstreams" / "b.lic").stat().st_size
     expected_bpp = (8 * bytes_a / (64 * 96) + 8 * bytes_b / (80 * 64)) / 2

@@ -1,1 +1,9 @@
 """licexp: quantisation in learned image compression, as swappable experiments."""
+
+import warnings
+
+# compressai 1.2.8 scripts a helper with torch.jit at import time, which recent torch
+# deprecates; the warning says nothing about licexp and would greet every command.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)

@@ -32,9 +32,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = hydra.utils.instantiate(cfg.data)
     quantizer = hydra.utils.instantiate(cfg.quant)
     codec = hydra.utils.instantiate(cfg.backbone, quantizer=quantizer)
-    module = hydra.utils.instantiate(
-        cfg.model, codec=codec, run_config=OmegaConf.to_container(cfg, resolve=True)
-    )
+    module = hydra.utils.instantiate(cfg.model, codec=codec)
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_collection(cfg.get("callbacks")),

@@ -93,18 +93,30 @@ def mean_row(rows: Sequence[dict[str, Any]], name: str = "mean") -> dict[str, An
     return {"name": name, **mean}
 
 
+COMPARISON_COLUMNS = (
+    "anchor",
+    "anchor_psnr_at_model_bpp",
+    "model_gain_db",
+    "anchor_bpp_at_model_psnr",
+    "model_rate_saving_pct",
+)
+
+
 def compare_with_anchor(model: dict[str, Any], anchor: RDCurve) -> dict[str, Any]:
-    """The anchor's PSNR at the model's rate, and the rate it needs for the model's PSNR."""
+    """The anchor's PSNR at the model's rate and the rate it needs for the model's PSNR.
+
+    ``None`` where the model's point lies outside the anchor curve's range.
+    """
     anchor_psnr = interpolate_psnr_at_bpp(anchor, model["bpp"])
     anchor_bpp = interpolate_bpp_at_psnr(anchor, model["psnr"])
     return {
-        "name": anchor.name,
-        "psnr_at_model_bpp": anchor_psnr,
-        "model_psnr_gain_db": None if anchor_psnr is None else model["psnr"] - anchor_psnr,
-        "bpp_at_model_psnr": anchor_bpp,
-        "model_rate_saving_pct": None
-        if anchor_bpp is None
-        else 100 * (1 - model["bpp"] / anchor_bpp),
+        "anchor": anchor.name,
+        "anchor_psnr_at_model_bpp": anchor_psnr,
+        "model_gain_db": None if anchor_psnr is None else model["psnr"] - anchor_psnr,
+        "anchor_bpp_at_model_psnr": anchor_bpp,
+        "model_rate_saving_pct": (
+            None if anchor_bpp is None else 100 * (1 - model["bpp"] / anchor_bpp)
+        ),
     }
 
 
@@ -119,7 +131,7 @@ def evaluate_codec(
 ) -> dict[str, float]:
     """Evaluates ``codec`` on every image of ``dataset``; returns the mean metrics."""
     out_dir = Path(out_dir)
-    console = console or Console()
+    console = console or Console(width=None if Console().is_terminal else 160)
     images = [(item["name"], item["image"]) for item in (dataset[i] for i in range(len(dataset)))]
     rows = evaluate_images(codec, images, out_dir, reconstructions)
     mean = mean_row(rows)
@@ -152,19 +164,14 @@ def evaluate_codec(
     if comparisons:
         print_results_table(
             comparisons,
-            [
-                "name",
-                "psnr_at_model_bpp",
-                "model_psnr_gain_db",
-                "bpp_at_model_psnr",
-                "model_rate_saving_pct",
-            ],
-            f"{name} against classical codecs at equal rate / equal PSNR (mean curves)",
+            COMPARISON_COLUMNS,
+            f"{name} against classical codecs at equal rate / equal PSNR (mean curves; "
+            "blank: the model's point lies outside the anchor's range)",
             console=console,
         )
     summary = {key: float(mean[key]) for key in (*METRICS, "decode_error")}
     for comparison in comparisons:
-        gain = comparison["model_psnr_gain_db"]
+        gain = comparison["model_gain_db"]
         if gain is not None:
-            summary[f"psnr_gain_vs_{comparison['name']}"] = float(gain)
+            summary[f"psnr_gain_vs_{comparison['anchor']}"] = float(gain)
     return summary

@@ -48,7 +48,6 @@ class CodecModule(L.LightningModule):
         aux_optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         clip_grad_norm: float | None = 1.0,
-        run_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -58,7 +57,8 @@ class CodecModule(L.LightningModule):
         self.aux_optimizer_factory = aux_optimizer
         self.scheduler_factory = scheduler
         self.clip_grad_norm = clip_grad_norm
-        self.run_config = run_config or {}
+        self.run_config: dict[str, Any] = {}
+        """The resolved run configuration, stored in every checkpoint to rebuild the codec."""
 
     def configure_optimizers(self) -> Any:
         main, aux = split_parameters(self.codec)
@@ -103,14 +103,16 @@ class CodecModule(L.LightningModule):
 
         terms["aux_loss"] = aux_loss.detach()
         terms["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
-        self._log_terms("train", terms, on_step=True, on_epoch=True)
+        self._log_terms("train", terms, batch["image"].size(0), on_step=True, on_epoch=False)
         return terms["loss"].detach()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         terms = self._step_terms(batch["image"])
-        self._log_terms("val", terms, on_step=False, on_epoch=True)
+        self._log_terms("val", terms, batch["image"].size(0), on_step=False, on_epoch=True)
 
-    def _log_terms(self, stage: str, terms: dict[str, Tensor], **kwargs: bool) -> None:
+    def _log_terms(
+        self, stage: str, terms: dict[str, Tensor], batch_size: int, **kwargs: bool
+    ) -> None:
         shown = {"loss", "bpp", "psnr"}
         for name, value in terms.items():
             self.log(
@@ -118,6 +120,7 @@ class CodecModule(L.LightningModule):
                 value.detach().float(),
                 prog_bar=name in shown,
                 sync_dist=stage != "train",
+                batch_size=batch_size,
                 **kwargs,
             )
 

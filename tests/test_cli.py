@@ -1,0 +1,122 @@
+"""The command lines end to end, as subprocesses: train, resume, evaluate, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO_ROOT
+
+SMOKE = ["debug=smoke", "callbacks.progress_bar=null"]
+
+
+def run(module: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        pytest.fail(f"{module} {overrides} failed:\n{output}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    run_dir = tmp_path_factory.mktemp("smoke") / "run"
+    return run_dir, run("licexp.train", *SMOKE, f"hydra.run.dir={run_dir}")
+
+
+def test_training_writes_checkpoint_metrics_and_real_bitstream_results(smoke_run) -> None:
+    run_dir, result = smoke_run
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert json.loads((run_dir / "run_info.json").read_text())["git"]["commit"]
+    with open(run_dir / "csv" / "metrics.csv") as file:
+        columns = set(next(csv.reader(file)))
+    expected = {"loss", "bpp", "bpp_y", "bpp_z", "mse", "psnr", "ms_ssim", "aux_loss", "lr"}
+    assert {f"train/{name}" for name in expected} <= columns
+    assert {f"val/{name}" for name in expected - {"aux_loss", "lr"}} <= columns
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["name"] == "mean_scale-noise-lmbda0.0067"
+    assert results["results"]["bpp"][0] > 0
+    assert list((run_dir / "eval").glob("reconstruction_*.png"))
+    assert len(list((run_dir / "eval" / "bitstreams").glob("*.lic"))) == 2
+    assert "real bitstreams" in result.stdout
+
+
+def test_resume_continues_the_run_and_leaves_the_original_checkpoint(smoke_run, tmp_path) -> None:
+    run_dir, _ = smoke_run
+    original = run_dir / "checkpoints" / "last.ckpt"
+    before = original.read_bytes()
+    resumed_dir = tmp_path / "resumed"
+    run(
+        "licexp.train",
+        *SMOKE,
+        "trainer.max_steps=6",
+        "evaluate=false",
+        f"ckpt_path={original}",
+        f"hydra.run.dir={resumed_dir}",
+    )
+    resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert torch.load(original, weights_only=False)["global_step"] == 4
+    assert resumed["global_step"] == 6
+    assert original.read_bytes() == before
+
+
+def test_eval_cli_decodes_a_checkpoint_on_real_bitstreams(smoke_run, tmp_path) -> None:
+    run_dir, _ = smoke_run
+    out = tmp_path / "eval"
+    result = run(
+        "licexp.eval",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "data.test.names=[chelsea]",
+        "data.test.crop_size=128",
+        "anchors=[]",
+        f"hydra.run.dir={out}",
+    )
+    with open(out / "per_image.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["name"] for row in rows] == ["chelsea"]
+    assert float(rows[0]["decode_error"]) == 0
+    assert "real bitstreams" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["lmbda=-1"], "lmbda must be positive"),
+        (["quant=rounding"], "Available options"),
+        (["data.train.size=100"], "divisible by 64"),
+    ],
+)
+def test_bad_configuration_fails_with_a_message_naming_the_problem(overrides, message) -> None:
+    result = run("licexp.train", *SMOKE, "hydra.run.dir=/tmp/licexp-bad", *overrides, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+
+
+def test_corrupt_checkpoint_is_refused_before_training(tmp_path) -> None:
+    corrupt = tmp_path / "last.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    result = run(
+        "licexp.train",
+        *SMOKE,
+        f"ckpt_path={corrupt}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "not readable" in result.stderr + result.stdout
+    assert corrupt.read_bytes() == b"PK\x03\x04 this is not a checkpoint"

@@ -1,0 +1,90 @@
+"""Every config group option composes and instantiates; bad values fail with Hydra's help."""
+
+from __future__ import annotations
+
+import hydra
+import lightning as L
+import pytest
+import torch
+from helpers import compose_train, option_names
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from licexp.backbones import LearnedCodec
+from licexp.config import instantiate_collection
+from licexp.quant import QuantizationStrategy
+from licexp.training import CodecModule
+
+
+def test_default_config_is_the_embedded_cpu_run() -> None:
+    cfg = compose_train()
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.data.train._target_.endswith("DeadLeavesDataset")
+    assert cfg.data.test._target_.endswith("PhotoSamples")
+    assert cfg.lmbda == cfg.model.loss.lmbda
+
+
+@pytest.mark.parametrize("backbone", option_names("backbone"))
+@pytest.mark.parametrize("quant", option_names("quant"))
+def test_every_backbone_and_quantiser_builds_a_trainable_module(backbone, quant) -> None:
+    cfg = compose_train([f"backbone={backbone}", f"quant={quant}", "debug=smoke"])
+    quantizer = hydra.utils.instantiate(cfg.quant)
+    assert isinstance(quantizer, QuantizationStrategy)
+    codec = hydra.utils.instantiate(cfg.backbone, quantizer=quantizer)
+    assert isinstance(codec, LearnedCodec)
+    module = hydra.utils.instantiate(cfg.model, codec=codec)
+    assert isinstance(module, CodecModule)
+    optimizers, schedulers = module.configure_optimizers()
+    assert len(optimizers) == 2 and len(schedulers) == 1
+
+    before = {name: p.detach().clone() for name, p in codec.named_parameters()}
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=hydra.utils.instantiate(cfg.data))
+    assert trainer.global_step == 1, "the aux optimiser must not count as a training step"
+    changed = {name for name, p in codec.named_parameters() if not torch.equal(p, before[name])}
+    assert "g_a.0.weight" in changed and "g_s.0.weight" in changed
+    assert any(name.endswith(".quantiles") for name in changed), "the aux step ran"
+
+
+NEEDS_FILES_OR_DEVICES = {("data", "folder"), ("data", "kodak"), ("trainer", "gpu")}
+"""Options that compose everywhere but instantiate only with image folders or a GPU."""
+
+
+@pytest.mark.parametrize("group", ["data", "trainer", "logger", "callbacks"])
+def test_every_option_of_the_other_groups_composes_and_instantiates(group, tmp_path) -> None:
+    for option in option_names(group):
+        cfg = compose_train([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+        if (group, option) in NEEDS_FILES_OR_DEVICES:
+            continue
+        if group in ("logger", "callbacks"):
+            instantiate_collection(cfg[group])
+        else:
+            assert hydra.utils.instantiate(cfg[group]) is not None
+
+
+@pytest.mark.parametrize("option", option_names("debug") + option_names("experiment"))
+def test_debug_and_experiment_configs_compose(option) -> None:
+    group = "debug" if option in option_names("debug") else "experiment"
+    cfg = compose_train([f"{group}={option}"])
+    assert OmegaConf.select(cfg, "trainer._target_") == "lightning.Trainer"
+
+
+def test_a_wrong_group_value_lists_the_valid_options() -> None:
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_train(["quant=rounding"])
+    message = str(error.value) + str(error.value.__cause__)
+    assert "noise" in message and "ste" in message
+
+
+def test_lmbda_is_top_level_and_sweepable() -> None:
+    cfg = compose_train(["lmbda=0.0018"])
+    assert cfg.model.loss.lmbda == 0.0018
+    assert cfg.run_name.endswith("lmbda0.0018")
