@@ -49,7 +49,7 @@ def test_training_writes_checkpoint_metrics_and_real_bitstream_results(smoke_run
     assert {f"train/{name}" for name in expected} <= columns
     assert {f"val/{name}" for name in expected - {"aux_loss", "lr"}} <= columns
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert results["name"] == "mean_scale-noise-lmbda0.0067"
+    assert results["name"] == "mean_scale_small-noise-lmbda0.0067"
     assert results["results"]["bpp"][0] > 0
     assert list((run_dir / "eval").glob("reconstruction_*.png"))
     assert len(list((run_dir / "eval" / "bitstreams").glob("*.lic"))) == 2

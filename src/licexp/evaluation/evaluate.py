@@ -3,8 +3,8 @@
 For every image: pad, rANS-encode, write the container, decode it, check the decode
 against the hard-quantised forward pass, and measure bpp from the bytes, PSNR-RGB and
 MS-SSIM. Results go to ``out_dir`` as CompressAI ``eval_model`` JSON, a per-image CSV, the
-bitstreams and reconstructions; Pillow's JPEG, WebP and JPEG 2000 are measured live on the
-same images and compared at equal rate.
+bitstreams, reconstructions and an RD figure (``rd.png``); Pillow's JPEG, WebP and JPEG
+2000 are measured live on the same images and compared at equal rate.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from licexp.backbones import LearnedCodec
 from licexp.evaluation.anchors import anchor_curve
 from licexp.evaluation.codec import code_image
 from licexp.evaluation.metrics import ms_ssim, psnr
+from licexp.evaluation.plots import plot_rd
 from licexp.evaluation.results import (
     RDCurve,
     interpolate_bpp_at_psnr,
@@ -136,18 +137,13 @@ def evaluate_codec(
     rows = evaluate_images(codec, images, out_dir, reconstructions)
     mean = mean_row(rows)
     write_per_image_csv(rows, out_dir / "per_image.csv")
-    save_curve(
-        RDCurve(
-            name=name,
-            description=f"licexp real-bitstream evaluation on {len(rows)} images",
-            **{
-                key: [mean[key]]
-                for key in ("bpp", "psnr", "ms_ssim", "encoding_time", "decoding_time")
-            },
-            extra={"estimated_bpp": [mean["estimated_bpp"]]},
-        ),
-        out_dir / "results.json",
+    model_curve = RDCurve(
+        name=name,
+        description=f"licexp real-bitstream evaluation on {len(rows)} images",
+        **{key: [mean[key]] for key in CURVE_METRICS},
+        extra={"estimated_bpp": [mean["estimated_bpp"]]},
     )
+    save_curve(model_curve, out_dir / "results.json")
     print_results_table(
         [*rows, mean],
         ["name", *METRICS, "decode_error"],
@@ -155,12 +151,16 @@ def evaluate_codec(
         console=console,
     )
 
-    comparisons = []
+    comparisons, anchor_curves = [], []
     for codec_name in anchors:
         anchor = anchor_curve(images, codec_name)
         save_curve(anchor.curve, out_dir / f"anchor_{codec_name}.json")
         write_per_image_csv(anchor.rows, out_dir / f"anchor_{codec_name}_per_image.csv")
         comparisons.append(compare_with_anchor(mean, anchor.curve))
+        anchor_curves.append(anchor.curve)
+    plot_rd(
+        [model_curve, *anchor_curves], out_dir / "rd.png", f"{len(rows)} images, real bitstreams"
+    )
     if comparisons:
         print_results_table(
             comparisons,
