@@ -28,6 +28,14 @@ class CodecOutput:
     likelihoods: dict[str, Tensor]
     latents: dict[str, Tensor] = field(default_factory=dict)
 
+    def detach(self) -> CodecOutput:
+        """A copy cut from the autograd graph (sharing storage)."""
+        return CodecOutput(
+            self.x_hat.detach(),
+            {name: value.detach() for name, value in self.likelihoods.items()},
+            {name: value.detach() for name, value in self.latents.items()},
+        )
+
 
 @dataclass
 class Bitstreams:
@@ -72,6 +80,14 @@ class LearnedCodec(CompressionModel):
     @abstractmethod
     def forward(self, x: Tensor) -> CodecOutput:
         """Training approximation in train mode; the hard-quantised pass in eval mode."""
+
+    @abstractmethod
+    def synthesize(self, y_hat: Tensor) -> Tensor:
+        """``g_s``: the reconstruction from a decoder-side latent (for loss-surface probes)."""
+
+    @abstractmethod
+    def latent_likelihood(self, y_rate: Tensor, latents: dict[str, Tensor]) -> Tensor:
+        """Likelihoods of a coded-domain ``y`` under the entropy parameters in ``latents``."""
 
     @abstractmethod
     def compress(self, x: Tensor) -> Bitstreams:

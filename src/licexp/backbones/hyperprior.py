@@ -77,10 +77,16 @@ class HyperpriorCodec(LearnedCodec):
         if means is not None:
             latents["means"] = means
         return CodecOutput(
-            x_hat=self.g_s(y_coded.decoder_input),
+            x_hat=self.synthesize(y_coded.decoder_input),
             likelihoods={"y": y_coded.likelihoods, "z": z_coded.likelihoods},
             latents=latents,
         )
+
+    def synthesize(self, y_hat: Tensor) -> Tensor:
+        return self.g_s(y_hat)
+
+    def latent_likelihood(self, y_rate: Tensor, latents: dict[str, Tensor]) -> Tensor:
+        return self.latent.likelihood(y_rate, latents["scales"], latents.get("means"))
 
     def compress(self, x: Tensor) -> Bitstreams:
         self.check_input(x)

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from licexp.backbones import LearnedCodec
+from licexp.backbones import CodecOutput, LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
 from licexp.evaluation.metrics import ms_ssim_batch, psnr_batch
 from licexp.training.loss import RateDistortionLoss
@@ -59,6 +59,9 @@ class CodecModule(L.LightningModule):
         self.clip_grad_norm = clip_grad_norm
         self.run_config: dict[str, Any] = {}
         """The resolved run configuration, stored in every checkpoint to rebuild the codec."""
+        self.last_step: tuple[Tensor, CodecOutput] | None = None
+        """The latest (batch, output) of a training or validation step, for callbacks that
+        measure the model at the state it was trained in (e.g. the gap metrics)."""
 
     def configure_optimizers(self) -> Any:
         main, aux = split_parameters(self.codec)
@@ -71,6 +74,7 @@ class CodecModule(L.LightningModule):
 
     def _step_terms(self, x: Tensor) -> dict[str, Tensor]:
         output = self.codec(x)
+        self.last_step = (x.detach(), output.detach())
         terms = self.loss(output, x)
         with torch.no_grad():
             x_hat = output.x_hat.detach()
