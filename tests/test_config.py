@@ -50,7 +50,8 @@ def test_every_backbone_and_quantiser_builds_a_trainable_module(backbone, quant)
     trainer.fit(module, datamodule=hydra.utils.instantiate(cfg.data))
     assert trainer.global_step == 1, "the aux optimiser must not count as a training step"
     changed = {name for name, p in codec.named_parameters() if not torch.equal(p, before[name])}
-    assert "g_a.0.weight" in changed and "g_s.6.weight" in changed
+    assert any(name.startswith("g_a.0.") for name in changed), "the encoder trained"
+    assert any(name.startswith("g_s.6.") for name in changed), "the decoder trained"
     assert any(name.endswith(".quantiles") for name in changed), "the aux step ran"
 
 

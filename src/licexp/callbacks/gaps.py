@@ -1,0 +1,170 @@
+"""Pan et al.'s three gaps, measured live during training and validation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+
+from licexp.backbones import CodecOutput, LearnedCodec
+from licexp.gaps import (
+    discrete_gap,
+    entropy_estimation_gap,
+    histogram_figure,
+    latent_histogram,
+    local_smoothness_score,
+    quantisation_error_histogram,
+    rate_gap_bits,
+)
+from licexp.training import CodecModule
+
+
+@contextmanager
+def training_quantisation(codec: LearnedCodec) -> Iterator[None]:
+    """Runs the latent coders with the training approximation while the rest stays as is.
+
+    Only the quantisation changes: no other module is put into train mode, so e.g. the
+    power iterations of a spectral norm are not advanced by a measurement.
+    """
+    coders = [m for name, m in codec.named_children() if name in ("latent", "hyper_latent")]
+    modes = [coder.training for coder in coders]
+    for coder in coders:
+        coder.train()
+    try:
+        yield
+    finally:
+        for coder, mode in zip(coders, modes, strict=True):
+            coder.train(mode)
+
+
+class GapMetrics(L.Callback):
+    """Logs the discrete gap, the entropy-estimation gap (W1 and rate), and the LSS.
+
+    Names: ``{train,val}/gaps/discrete`` (mean ``|R(y) - Q(y)|^p``),
+    ``{train,val}/gaps/entropy_w1`` (W1 between ``round(y)`` and ``mu + delta * sigma``),
+    ``{train,val}/gaps/rate_gap_bits`` (training rate estimate minus the rate of the
+    rounded latent, bits per pixel) and ``{train,val}/gaps/lss`` (local smoothness score
+    of the RD loss around ``Q(y)``). Training steps are measured every ``every_n_steps``
+    on the step's own output (no extra forward pass); validation batches are re-run with
+    the training approximation. At each validation end, histograms of ``y`` (bin width
+    0.05 over [-4, 3], Pan et al.'s Figure 2) and of ``y - round(y)`` are saved as PNG.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        p: float = 1.0,
+        lss_samples: int = 4,
+        lss_scale: float = 0.5,
+        histogram_max_values: int = 2_000_000,
+        seed: int = 0,
+    ) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.p = p
+        self.lss_samples = lss_samples
+        self.lss_scale = lss_scale
+        self.histogram_max_values = histogram_max_values
+        self.generator = torch.Generator().manual_seed(seed)
+        self._latents: list[Tensor] = []
+
+    def measure(self, module: CodecModule, x: Tensor, output: CodecOutput) -> dict[str, Tensor]:
+        """The gaps of one batch, given the codec's training-approximation output."""
+        codec, quantizer, latents = module.codec, module.codec.quantizer, output.latents
+        means = latents.get("means")
+        rounded = quantizer.quantize_hard(quantizer.to_coded(latents["y"]), means)
+        hard = quantizer.from_coded(rounded, inference=True)
+        num_pixels = x.size(0) * x.size(-2) * x.size(-1)
+        y_hat, y_rate = latents["y_hat"], latents["y_rate"]
+
+        def rd_loss(perturbed: Tensor) -> Tensor:
+            shift = perturbed - y_hat
+            likelihoods = dict(output.likelihoods)
+            likelihoods["y"] = codec.latent_likelihood(y_rate + shift, latents)
+            return module.loss(CodecOutput(codec.synthesize(perturbed), likelihoods), x)["loss"]
+
+        return {
+            "discrete": discrete_gap(hard, y_hat, self.p),
+            "entropy_w1": entropy_estimation_gap(
+                rounded, means, latents["scales"], generator=self.generator
+            ),
+            "rate_gap_bits": rate_gap_bits(
+                output.likelihoods["y"], codec.latent_likelihood(rounded, latents), num_pixels
+            ),
+            "lss": local_smoothness_score(
+                rd_loss, y_hat, self.lss_scale, self.lss_samples, generator=self.generator
+            ),
+        }
+
+    @torch.no_grad()
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: CodecModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if module.last_step is None or (trainer.global_step - 1) % self.every_n_steps:
+            return
+        x, output = module.last_step
+        for name, value in self.measure(module, x, output).items():
+            module.log(
+                f"train/gaps/{name}", value, on_step=True, on_epoch=False, batch_size=x.size(0)
+            )
+
+    @torch.no_grad()
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        module: CodecModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # Lightning validates under inference mode, whose tensors cannot enter autograd; a
+        # strategy may differentiate the rate in training (Soft-STE's FGSM), so the
+        # measurement runs outside it, on a normal copy of the batch.
+        with torch.inference_mode(False):
+            x = batch["image"].clone()
+            with training_quantisation(module.codec):
+                output = module.codec(x)
+            gaps = self.measure(module, x, output)
+        for name, value in gaps.items():
+            module.log(
+                f"val/gaps/{name}",
+                value,
+                on_step=False,
+                on_epoch=True,
+                batch_size=x.size(0),
+                sync_dist=True,
+            )
+        if sum(t.numel() for t in self._latents) < self.histogram_max_values:
+            self._latents.append(output.latents["y"].flatten().cpu())
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: CodecModule) -> None:
+        if not self._latents or not trainer.is_global_zero or trainer.sanity_checking:
+            self._latents.clear()
+            return
+        values = torch.cat(self._latents)
+        self._latents.clear()
+        out_dir = Path(trainer.default_root_dir) / "gaps"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        step = trainer.global_step
+        for stem, (counts, edges), title in (
+            ("latent_histogram", latent_histogram(values), "y"),
+            (
+                "quantisation_error_histogram",
+                quantisation_error_histogram(values - torch.round(values)),
+                "y - round(y)",
+            ),
+        ):
+            figure = histogram_figure(counts, edges, f"{title}, step {step}")
+            figure.savefig(out_dir / f"{stem}_step{step:07d}.png", dpi=100)
+            plt.close(figure)
+            data = {"counts": counts.tolist(), "edges": edges.tolist(), "step": step}
+            (out_dir / f"{stem}_step{step:07d}.json").write_text(json.dumps(data))
