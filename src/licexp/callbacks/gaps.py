@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from licexp.backbones import CodecOutput, LearnedCodec
+from licexp.backbones.latent_coders import GaussianLatentCoder, HyperLatentCoder
 from licexp.gaps import (
     discrete_gap,
     entropy_estimation_gap,
@@ -26,6 +27,10 @@ from licexp.gaps import (
 from licexp.training import CodecModule
 
 
+LATENT_CODERS = (GaussianLatentCoder, HyperLatentCoder)
+"""The modules whose train mode selects the quantisation approximation (any backbone)."""
+
+
 @contextmanager
 def training_quantisation(codec: LearnedCodec) -> Iterator[None]:
     """Runs the latent coders with the training approximation while the rest stays as is.
@@ -33,7 +38,7 @@ def training_quantisation(codec: LearnedCodec) -> Iterator[None]:
     Only the quantisation changes: no other module is put into train mode, so e.g. the
     power iterations of a spectral norm are not advanced by a measurement.
     """
-    coders = [m for name, m in codec.named_children() if name in ("latent", "hyper_latent")]
+    coders = [m for m in codec.modules() if isinstance(m, LATENT_CODERS)]
     modes = [coder.training for coder in coders]
     for coder in coders:
         coder.train()
