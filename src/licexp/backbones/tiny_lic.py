@@ -1,0 +1,246 @@
+"""Tiny-LIC (Lu and Ma, 2022): neighbourhood-attention transforms, multistage context model.
+
+Lu and Ma, "High-Efficiency Lossy Image Coding Through Adaptive Neighborhood Information
+Aggregation" (arXiv 2204.11448), the backbone of Jiang et al. With ``C = (N, 3N/2, 2N, M)``
+(``N = 128``, ``M = 320``):
+
+- ``g_a``: conv 5x5/2 (3 -> C0), RNAB; conv 3x3/2 (C0 -> C1), RNAB; conv 3x3/2 (C1 -> C2),
+  RNAB; conv 3x3/2 (C2 -> M), RNAB, with depths (2, 2, 6, 2) and 7x7 neighbourhoods;
+- ``g_s``: its mirror with stride-2 transposed convolutions;
+- ``h_a`` (on ``y``): conv 3x3/2 (M -> 3N/2), RNAB, conv 3x3/2, RNAB, depths (2, 2) and
+  3x3 neighbourhoods; ``h_s`` its mirror, ending in ``2M`` channels ``psi``;
+- the multistage context model (:mod:`licexp.backbones.multistage_context`) turns ``psi``
+  and the decoded slices into ``(sigma, mu)`` of ``p(y_hat | z_hat)`` in nine steps.
+
+Every RNAB uses heads of 16 channels (8, 12, 16, 20 heads for 128, 192, 256, 320
+channels; 12 in the hyper transforms), MLP ratio 2 and stochastic depth rising linearly
+to 0.1 over the blocks of the encoder side (``g_a`` then ``h_a``) and likewise over the
+decoder side (``h_s`` then ``g_s``). About 28.3M parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from compressai.models.utils import conv, deconv
+from torch import Tensor, nn
+
+from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec
+from licexp.backbones.latent_coders import CodedLatent, GaussianLatentCoder, HyperLatentCoder
+from licexp.backbones.multistage_context import MultistageContextModel, Stage
+from licexp.backbones.neighborhood_attention import RNAB
+from licexp.backbones.staged_rans import StagedRansDecoder, StagedRansEncoder
+from licexp.quant import QuantizationStrategy
+
+STRIDE_2_STAGES = 6
+"""Stride-2 layers between the image and the hyper latent ``z`` (four in g_a, two in h_a)."""
+
+
+def minimum_side(kernel_size: int, hyper_kernel_size: int) -> int:
+    """The smallest image side whose every attention map holds a whole neighbourhood.
+
+    The smallest maps are ``y`` at 1/16 (``kernel_size``) and ``z`` at 1/64
+    (``hyper_kernel_size``): ``max(16 k, 64 k_h)``, 192 for Tiny-LIC's 7 and 3.
+    """
+    return max(16 * kernel_size, 64 * hyper_kernel_size)
+
+
+def padding_multiple(kernel_size: int, hyper_kernel_size: int) -> int:
+    """The side multiple images are padded to: the smallest power of two that is a multiple
+    of ``2^6 = 64`` (six stride-2 stages) and at least :func:`minimum_side`.
+
+    Every multiple of it is then codable. For Tiny-LIC (192) this is 256, the padding of
+    the authors' release; 256-pixel training crops and Kodak's 768x512 need none.
+    """
+    multiple = 2**STRIDE_2_STAGES
+    while multiple < minimum_side(kernel_size, hyper_kernel_size):
+        multiple *= 2
+    return multiple
+
+
+def heads_for(channels: int, head_dim: int) -> int:
+    """``channels / head_dim`` heads (at least one), lowered until they divide ``channels``."""
+    heads = max(1, channels // head_dim)
+    while channels % heads:
+        heads -= 1
+    return heads
+
+
+def _drop_path_rates(depths: Sequence[int], maximum: float) -> list[list[float]]:
+    """Stochastic-depth rates rising linearly from 0 to ``maximum`` over all blocks in order."""
+    total = sum(depths)
+    rates = [maximum * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, depths, strict=True)]
+
+
+class TinyLIC(LearnedCodec):
+    """Tiny-LIC with the quantisation strategy applied at every stage of its context model.
+
+    Args:
+        N, M: channels of the first transform stage and of ``y`` (128 and 320 in the paper).
+        depths: RNAB depths of ``g_a`` (and, mirrored, of ``g_s``).
+        hyper_depths: RNAB depths of ``h_a`` (and, mirrored, of ``h_s``).
+        head_dim: channels per attention head.
+        kernel_size, hyper_kernel_size: neighbourhood sizes of the main and hyper transforms.
+        mlp_ratio: hidden width of the RNAB MLPs over their input width.
+        drop_path_rate: the largest stochastic-depth probability.
+        slices: the four channel slices of the context model (cosine schedule by default).
+        quantizer: the quantisation strategy.
+
+    Per stage of the context model the strategy quantises the stage's positions
+    (:class:`~licexp.backbones.latent_coders.GaussianLatentCoder`), and the contexts of all
+    later stages read the strategy's *decoder-side* value of them, as ``g_s`` does:
+    ``round(y - mu) + mu`` in eval mode and on real bitstreams, and in training
+
+    - noise: ``y + u``, ``u ~ U(-1/2, 1/2)`` (rate, decoder and contexts alike);
+    - ste, soft_ste, ste_sn: ``STE(y - mu) + mu`` (soft_ste perturbs only the rate);
+    - mixed: ``STE(y - mu) + mu`` while the rate sees ``y + u``: the authors' recipe;
+    - fourier_qecm: ``v + s(v)`` with ``v = y_qc + u`` (the coded variable is ``y_qc``).
+
+    ``forward`` returns the latents ``y, z, y_hat, y_rate, scales, means`` assembled over
+    the nine stages. Images must have sides that are multiples of ``downsampling_factor``
+    (:func:`padding_multiple`, 256 for the paper's kernels); evaluation pads to it.
+    """
+
+    def __init__(
+        self,
+        N: int = 128,
+        M: int = 320,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        hyper_depths: Sequence[int] = (2, 2),
+        head_dim: int = 16,
+        kernel_size: int = 7,
+        hyper_kernel_size: int = 3,
+        mlp_ratio: float = 2.0,
+        drop_path_rate: float = 0.1,
+        slices: Sequence[int] | None = None,
+        *,
+        quantizer: QuantizationStrategy,
+    ) -> None:
+        super().__init__()
+        depths, hyper_depths = list(depths), list(hyper_depths)
+        if len(depths) != 4 or len(hyper_depths) != 2:
+            raise ValueError(f"need 4 depths and 2 hyper depths, got {depths}, {hyper_depths}")
+        self.N, self.M = N, M
+        self.kernel_size, self.hyper_kernel_size = kernel_size, hyper_kernel_size
+        self.minimum_side = minimum_side(kernel_size, hyper_kernel_size)
+        self.downsampling_factor = padding_multiple(kernel_size, hyper_kernel_size)
+        channels = [N, N * 3 // 2, N * 2, M]
+        hyper_channels = N * 3 // 2
+
+        def block(dim: int, depth: int, kernel: int, rates: list[float]) -> RNAB:
+            return RNAB(dim, depth, heads_for(dim, head_dim), kernel, mlp_ratio, rates)
+
+        encoder_rates = _drop_path_rates([*depths, *hyper_depths], drop_path_rate)
+        decoder_rates = _drop_path_rates([*hyper_depths[::-1], *depths[::-1]], drop_path_rate)
+
+        analysis: list[nn.Module] = []
+        for index, (width, depth) in enumerate(zip(channels, depths, strict=True)):
+            previous = channels[index - 1] if index else 3
+            analysis.append(conv(previous, width, kernel_size=5 if index == 0 else 3, stride=2))
+            analysis.append(block(width, depth, kernel_size, encoder_rates[index]))
+        self.g_a = nn.Sequential(*analysis)
+
+        synthesis: list[nn.Module] = []
+        for index in reversed(range(4)):
+            synthesis.append(
+                block(channels[index], depths[index], kernel_size, decoder_rates[5 - index])
+            )
+            following = channels[index - 1] if index else 3
+            synthesis.append(
+                deconv(channels[index], following, kernel_size=5 if index == 0 else 3, stride=2)
+            )
+        self.g_s = nn.Sequential(*synthesis)
+
+        self.h_a = nn.Sequential(
+            conv(M, hyper_channels, kernel_size=3, stride=2),
+            block(hyper_channels, hyper_depths[0], hyper_kernel_size, encoder_rates[4]),
+            conv(hyper_channels, hyper_channels, kernel_size=3, stride=2),
+            block(hyper_channels, hyper_depths[1], hyper_kernel_size, encoder_rates[5]),
+        )
+        self.h_s = nn.Sequential(
+            block(hyper_channels, hyper_depths[1], hyper_kernel_size, decoder_rates[0]),
+            deconv(hyper_channels, hyper_channels, kernel_size=3, stride=2),
+            block(hyper_channels, hyper_depths[0], hyper_kernel_size, decoder_rates[1]),
+            deconv(hyper_channels, 2 * M, kernel_size=3, stride=2),
+        )
+        self.context_model = MultistageContextModel(M, 2 * M, slices)
+        self.hyper_latent = HyperLatentCoder(hyper_channels)
+        self.latent = GaussianLatentCoder(centred_on_mean=quantizer.centred_on_mean)
+        self.attach_quantizer(quantizer)
+
+    def check_input(self, x: Tensor) -> None:
+        if x.dim() == 4 and x.size(1) == 3 and min(x.shape[-2:]) < self.minimum_side:
+            raise ValueError(
+                f"{type(self).__name__} cannot code a {x.size(-2)}x{x.size(-1)} image: its "
+                f"{self.kernel_size}x{self.kernel_size} attention at 1/16 and "
+                f"{self.hyper_kernel_size}x{self.hyper_kernel_size} at 1/64 scale need sides "
+                f"of at least {self.minimum_side}, in multiples of {self.downsampling_factor} "
+                "(pad with licexp.evaluation.codec.pad_to_multiple; train on crops of "
+                f"data.train.size={self.downsampling_factor})"
+            )
+        super().check_input(x)
+
+    def forward(self, x: Tensor) -> CodecOutput:
+        self.check_input(x)
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_coded = self.hyper_latent(z, self.quantizer)
+        stages: list[tuple[CodedLatent, Tensor, Tensor]] = []
+
+        def code_stage(stage: Stage, scales: Tensor, means: Tensor) -> Tensor:
+            latent = self.context_model.select(stage, y)
+            coded = self.latent(latent, scales, means, self.quantizer)
+            stages.append((coded, scales, means))
+            return coded.decoder_input
+
+        y_hat = self.context_model.decode(self.h_s(z_coded.decoder_input), code_stage)
+        assemble = self.context_model.assemble
+        latents = {
+            "y": y,
+            "z": z,
+            "y_hat": y_hat,
+            "y_rate": assemble([coded.rate_input for coded, _, _ in stages]),
+            "scales": assemble([scales for _, scales, _ in stages]),
+            "means": assemble([means for _, _, means in stages]),
+        }
+        return CodecOutput(
+            x_hat=self.synthesize(y_hat),
+            likelihoods={
+                "y": assemble([coded.likelihoods for coded, _, _ in stages]),
+                "z": z_coded.likelihoods,
+            },
+            latents=latents,
+        )
+
+    def synthesize(self, y_hat: Tensor) -> Tensor:
+        return self.g_s(y_hat)
+
+    def latent_likelihood(self, y_rate: Tensor, latents: dict[str, Tensor]) -> Tensor:
+        return self.latent.likelihood(y_rate, latents["scales"], latents["means"])
+
+    def compress(self, x: Tensor) -> Bitstreams:
+        """Codes ``z``, then the nine stages of ``y`` into one rANS string per image."""
+        self.check_input(x)
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_strings, z_hat = self.hyper_latent.compress(z, self.quantizer)
+        encoder = StagedRansEncoder(self.latent, self.quantizer, batch_size=x.size(0))
+
+        def code_stage(stage: Stage, scales: Tensor, means: Tensor) -> Tensor:
+            return encoder.encode(self.context_model.select(stage, y), scales, means)
+
+        self.context_model.decode(self.h_s(z_hat), code_stage)
+        return Bitstreams({"z": z_strings, "y": encoder.flush()}, latent_size=tuple(z.shape[-2:]))
+
+    def decompress(self, bitstreams: Bitstreams) -> Tensor:
+        z_hat = self.hyper_latent.decompress(
+            bitstreams.strings["z"], bitstreams.latent_size, self.quantizer
+        )
+        decoder = StagedRansDecoder(self.latent, self.quantizer, bitstreams.strings["y"])
+
+        def code_stage(stage: Stage, scales: Tensor, means: Tensor) -> Tensor:
+            return decoder.decode(scales, means)
+
+        return self.g_s(self.context_model.decode(self.h_s(z_hat), code_stage))
