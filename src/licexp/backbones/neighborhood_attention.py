@@ -14,14 +14,15 @@ for the key at ``(p, q)``::
     A_ij = softmax_{(p, q) in N(i, j)}(q_ij . k_pq / sqrt(d) + B[h, p - i + k - 1, q - j + k - 1])
     o_ij = sum_{(p, q) in N(i, j)} A_ij,pq v_pq
 
-The implementation is pure PyTorch and runs on any device. Like NATTEN it splits the
-attention into two operators with hand-written gradients, ``QK`` (the neighbourhood
-logits) and ``AV`` (the neighbourhood average); both loop over the ``k`` row offsets of
-the window and gather ``k`` keys of every query at a time. Memory therefore grows as
-``H * W * k^2`` (the attention weights, saved for the backward pass) plus ``H * W * k * d``
-transiently, never as ``(H * W)^2``. When the ``natten`` package with its unfused
-``na2d_qk`` / ``na2d_av`` operators (versions 0.15 to 0.17, which take ``rpb``) is
-installed, CUDA tensors go through it instead (:func:`natten_operators`).
+The implementation is pure PyTorch and runs on any device
+(:func:`tiled_neighborhood_attention`): the map is cut into tiles of ``T x T`` queries,
+and every tile attends densely to its halo of ``(T + 2r)^2`` keys (``r = floor(k / 2)``)
+with the keys outside each query's window masked out, by batched matrix products and
+plain autograd. Memory therefore grows as ``H * W * (T + 2r)^2``, with ``T`` of the order
+of ``k`` (the attention weights of the tiles, saved for the backward pass), never as
+``(H * W)^2``. When the ``natten`` package with its unfused ``na2d_qk`` / ``na2d_av``
+operators (versions 0.15 to 0.17, which take ``rpb``) is installed, CUDA tensors go
+through it instead (:func:`natten_operators`).
 
 Lu and Ma, "High-Efficiency Lossy Image Coding Through Adaptive Neighborhood Information
 Aggregation" (Tiny-LIC, 2022), build their transforms from residual neighbourhood
@@ -35,12 +36,10 @@ import functools
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
 
 def window_starts(length: int, kernel_size: int, device: torch.device | None = None) -> Tensor:
@@ -54,121 +53,69 @@ def window_starts(length: int, kernel_size: int, device: torch.device | None = N
     return (positions - kernel_size // 2).clamp(0, length - kernel_size)
 
 
-def _neighbour_indices(height: int, width: int, kernel_size: int, device: torch.device) -> Tensor:
-    """Flat key index ``p * W + q`` of window row ``a`` of every query: ``(k, H, W, k)``."""
-    offsets = torch.arange(kernel_size, device=device)
-    rows = window_starts(height, kernel_size, device)[None, :] + offsets[:, None]  # (k, H)
-    cols = window_starts(width, kernel_size, device)[:, None] + offsets[None, :]  # (W, k)
-    return rows[:, :, None, None] * width + cols[None, None, :, :]
+def tile_size(kernel_size: int) -> int:
+    """Queries per tile side: at least ``floor(k / 2) + 1``, so a halo holds every window."""
+    return max(4, kernel_size // 2 + 1)
 
 
-def _gather_row(values: Tensor, indices: Tensor) -> Tensor:
-    """The ``k`` keys of window row ``a`` of every query: ``(B, h, H, W, d) -> (..., k, d)``."""
-    batch, heads, height, width, dim = values.shape
-    flat = values.reshape(batch, heads, height * width, dim)
-    return flat[:, :, indices.reshape(-1)].reshape(batch, heads, height, width, -1, dim)
+@dataclass(frozen=True)
+class AxisTiling:
+    """The tiles of one axis of the map: which queries, which halo keys, which windows.
+
+    Tiles of ``T`` queries start at ``0, T, 2T, ...``; the last one is moved back to end at
+    the border (it may overlap its neighbour). A tile's halo holds the keys from ``r =
+    floor(k / 2)`` before its first query to ``r`` after its last, which contains the window
+    of every query of the tile, the windows shifted inward at the borders included.
+    """
+
+    queries: Tensor
+    """``(n, T)``: the query positions of every tile."""
+    keys: Tensor
+    """``(n, T + 2r)``: the halo's key positions, clamped into the map (see ``inside``)."""
+    inside: Tensor
+    """``(n, T, T + 2r)``: whether a halo key lies in a query's window ``[s(i), s(i) + k)``."""
+    bias_index: Tensor
+    """``(n, T, T + 2r)``: the bias-table index ``p - i + k - 1`` (clamped where outside)."""
+    tile_of: Tensor
+    """``(length,)``: the tile each position's output is taken from."""
+    position_in_tile: Tensor
+    """``(length,)``: its query index in that tile."""
 
 
-def _scatter_row(target: Tensor, indices: Tensor, contributions: Tensor) -> None:
-    """Adds ``(B, h, H, W, k, d)`` contributions onto their keys in ``target`` (``B, h, HW, d``)."""
-    batch, heads = contributions.shape[:2]
-    target.index_add_(
-        2, indices.reshape(-1), contributions.reshape(batch, heads, -1, target.size(-1))
+@functools.lru_cache(maxsize=128)
+def axis_tiling(length: int, kernel_size: int, device: torch.device) -> AxisTiling:
+    """The :class:`AxisTiling` of an axis of ``length`` positions (cached)."""
+    tile = min(tile_size(kernel_size), length)
+    radius = kernel_size // 2
+    starts = list(range(0, length - tile + 1, tile))
+    if starts[-1] != length - tile:
+        starts.append(length - tile)
+    first = torch.tensor(starts, device=device)
+    queries = first[:, None] + torch.arange(tile, device=device)
+    keys = first[:, None] - radius + torch.arange(tile + 2 * radius, device=device)
+    window = window_starts(length, kernel_size, device)[queries][:, :, None]
+    inside = (keys[:, None, :] >= window) & (keys[:, None, :] < window + kernel_size)
+    bias_index = (keys[:, None, :] - queries[:, :, None] + kernel_size - 1).clamp(
+        0, 2 * kernel_size - 2
+    )
+    positions = torch.arange(length, device=device)
+    tile_of = (positions // tile).clamp(max=len(starts) - 1)
+    return AxisTiling(
+        queries=queries,
+        keys=keys.clamp(0, length - 1),
+        inside=inside,
+        bias_index=bias_index,
+        tile_of=tile_of,
+        position_in_tile=positions - first[tile_of],
     )
 
 
-def neighborhood_dot(queries: Tensor, keys: Tensor, kernel_size: int) -> Tensor:
-    """``L[i, j, a, b] = q_ij . k_{s(i) + a, s(j) + b}``: ``(B, h, H, W, d) -> (..., k^2)``."""
-    batch, heads, height, width, _ = queries.shape
-    indices = _neighbour_indices(height, width, kernel_size, queries.device)
-    logits = queries.new_empty(batch, heads, height, width, kernel_size, kernel_size)
-    for row, row_indices in enumerate(indices):
-        neighbours = _gather_row(keys, row_indices)
-        logits[..., row, :] = torch.matmul(neighbours, queries.unsqueeze(-1)).squeeze(-1)
-    return logits.flatten(-2)
-
-
-def neighborhood_average(weights: Tensor, values: Tensor, kernel_size: int) -> Tensor:
-    """``o_ij = sum_{a, b} W[i, j, a, b] v_{s(i) + a, s(j) + b}``: ``-> (B, h, H, W, d)``."""
-    batch, heads, height, width, _ = values.shape
-    indices = _neighbour_indices(height, width, kernel_size, values.device)
-    weights = weights.unflatten(-1, (kernel_size, kernel_size))
-    output = torch.zeros_like(values)
-    for row, row_indices in enumerate(indices):
-        neighbours = _gather_row(values, row_indices)
-        output += torch.matmul(weights[..., row, :].unsqueeze(-2), neighbours).squeeze(-2)
-    return output
-
-
-def neighborhood_scatter(weights: Tensor, sources: Tensor, kernel_size: int) -> Tensor:
-    """The adjoint of the gather: ``g_pq = sum_{(i, j, a, b) -> (p, q)} W[i, j, a, b] x_ij``."""
-    batch, heads, height, width, dim = sources.shape
-    indices = _neighbour_indices(height, width, kernel_size, sources.device)
-    weights = weights.unflatten(-1, (kernel_size, kernel_size))
-    output = sources.new_zeros(batch, heads, height * width, dim)
-    for row, row_indices in enumerate(indices):
-        contributions = weights[..., row, :].unsqueeze(-1) * sources.unsqueeze(-2)
-        _scatter_row(output, row_indices, contributions)
-    return output.reshape(batch, heads, height, width, dim)
-
-
-class NeighborhoodDot(Function):
-    """``QK``: the neighbourhood logits, with the gradients ``dq = AV(dL, k)``, ``dk = scatter``."""
-
-    @staticmethod
-    def forward(ctx: Any, queries: Tensor, keys: Tensor, kernel_size: int) -> Tensor:
-        ctx.save_for_backward(queries, keys)
-        ctx.kernel_size = kernel_size
-        return neighborhood_dot(queries, keys, kernel_size)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_logits: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        queries, keys = ctx.saved_tensors
-        grad_logits = grad_logits.contiguous()
-        grad_queries = grad_keys = None
-        if ctx.needs_input_grad[0]:
-            grad_queries = neighborhood_average(grad_logits, keys, ctx.kernel_size)
-        if ctx.needs_input_grad[1]:
-            grad_keys = neighborhood_scatter(grad_logits, queries, ctx.kernel_size)
-        return grad_queries, grad_keys, None
-
-
-class NeighborhoodAverage(Function):
-    """``AV``: the attention-weighted values, with ``dA = QK(dout, v)``, ``dv = scatter``."""
-
-    @staticmethod
-    def forward(ctx: Any, weights: Tensor, values: Tensor, kernel_size: int) -> Tensor:
-        ctx.save_for_backward(weights, values)
-        ctx.kernel_size = kernel_size
-        return neighborhood_average(weights, values, kernel_size)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        weights, values = ctx.saved_tensors
-        grad_output = grad_output.contiguous()
-        grad_weights = grad_values = None
-        if ctx.needs_input_grad[0]:
-            grad_weights = neighborhood_dot(grad_output, values, ctx.kernel_size)
-        if ctx.needs_input_grad[1]:
-            grad_values = neighborhood_scatter(weights, grad_output, ctx.kernel_size)
-        return grad_weights, grad_values, None
-
-
-def relative_position_bias(table: Tensor, height: int, width: int) -> Tensor:
-    """``B[h, p - i + k - 1, q - j + k - 1]`` for every query and window key: ``(h, H, W, k^2)``."""
-    kernel_size = (table.size(-1) + 1) // 2
-    offsets = torch.arange(kernel_size, device=table.device)
-
-    def relative(length: int) -> Tensor:  # (length, k): p - i + k - 1 for key p = s(i) + a
-        positions = torch.arange(length, device=table.device)
-        starts = window_starts(length, kernel_size, table.device)
-        return starts[:, None] + offsets[None, :] - positions[:, None] + kernel_size - 1
-
-    rows, cols = relative(height), relative(width)
-    bias = table[:, rows[:, None, :, None], cols[None, :, None, :]]  # (h, H, W, k, k)
-    return bias.flatten(-2)
+def _tiles(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``(B, h, H, W, d) -> (B, h, tiles, positions, d)`` at the given row/column tables."""
+    batch, heads, _, _, dim = x.shape
+    gathered = x[:, :, rows[:, :, None, None], cols[None, None, :, :]]  # (B, h, n, R, m, C, d)
+    gathered = gathered.permute(0, 1, 2, 4, 3, 5, 6)
+    return gathered.reshape(batch, heads, rows.size(0) * cols.size(0), -1, dim)
 
 
 @functools.cache
@@ -202,7 +149,7 @@ def neighborhood_attention(
 
     ``bias_table`` is the ``(heads, 2k - 1, 2k - 1)`` relative position bias; queries are
     scaled by ``1 / sqrt(d)``. CUDA tensors use NATTEN when :func:`natten_operators` finds
-    it and ``use_natten`` is set; everything else runs the pure PyTorch operators.
+    it and ``use_natten`` is set; everything else runs :func:`tiled_neighborhood_attention`.
     """
     height, width = queries.shape[2:4]
     if min(height, width) < kernel_size:
@@ -220,10 +167,43 @@ def neighborhood_attention(
         natten_qk, natten_av = operators
         logits = natten_qk(queries, keys, kernel_size, 1, rpb=bias_table)
         return natten_av(logits.softmax(dim=-1), values, kernel_size, 1)
-    queries, keys, values = queries.contiguous(), keys.contiguous(), values.contiguous()
-    logits = NeighborhoodDot.apply(queries, keys, kernel_size)
-    logits = logits + relative_position_bias(bias_table, height, width)
-    return NeighborhoodAverage.apply(logits.softmax(dim=-1), values, kernel_size)
+    return tiled_neighborhood_attention(queries, keys, values, bias_table, kernel_size)
+
+
+def tiled_neighborhood_attention(
+    queries: Tensor, keys: Tensor, values: Tensor, bias_table: Tensor, kernel_size: int
+) -> Tensor:
+    """Neighbourhood attention by tiles: dense attention from a tile to its halo, masked.
+
+    Each ``T x T`` tile of (already scaled) queries attends to its ``(T + 2r)^2`` halo keys
+    by two batched matrix products; keys outside a query's window get ``-inf`` and the
+    others the relative position bias. This trades ``((T + 2r) / k)^2`` (2 for ``k = 7``)
+    times the arithmetic of the ``k^2`` products for large, fast matrix products with
+    plain autograd; memory stays linear in ``H * W``.
+    """
+    batch, heads, height, width, dim = queries.shape
+    row, col = (axis_tiling(n, kernel_size, queries.device) for n in (height, width))
+    logits = _tiles(queries, row.queries, col.queries) @ _tiles(keys, row.keys, col.keys).transpose(
+        -1, -2
+    )
+    bias = bias_table[
+        :, row.bias_index[:, None, :, None, :, None], col.bias_index[None, :, None, :, None, :]
+    ]
+    inside = row.inside[:, None, :, None, :, None] & col.inside[None, :, None, :, None, :]
+    bias = bias.masked_fill(~inside, float("-inf"))
+    bias = bias.reshape(heads, logits.size(2), logits.size(3), logits.size(4))
+    attended = (logits + bias).softmax(dim=-1) @ _tiles(values, row.keys, col.keys)
+    tiles = attended.reshape(
+        batch, heads, row.queries.size(0), col.queries.size(0), row.queries.size(1), -1, dim
+    )
+    return tiles[
+        :,
+        :,
+        row.tile_of[:, None],
+        col.tile_of[None, :],
+        row.position_in_tile[:, None],
+        col.position_in_tile[None, :],
+    ]
 
 
 def dense_neighborhood_attention(
