@@ -186,11 +186,17 @@ class MultistageContextModel(nn.Module):
         """The full ``(B, M, H, W)`` tensor from one part per stage (in :data:`STAGES` order)."""
         if len(parts) != len(STAGES):
             raise ValueError(f"need one tensor per stage ({len(STAGES)}), got {len(parts)}")
-        slices: list[list[Tensor | None]] = [[None] * len(PLANES) for _ in self.slices]
+        planes: dict[tuple[int, int], Tensor] = {}
         for stage, part in zip(STAGES, parts, strict=True):
             for plane, values in zip(stage.planes, part.unbind(2), strict=True):
-                slices[stage.slice_index][plane] = values
-        return torch.cat([from_planes(torch.stack(planes, 2)) for planes in slices], dim=1)  # type: ignore[arg-type]
+                planes[stage.slice_index, plane] = values
+        return torch.cat(
+            [
+                from_planes(torch.stack([planes[index, p] for p in range(len(PLANES))], 2))
+                for index in range(len(self.slices))
+            ],
+            dim=1,
+        )
 
     def decode(self, hyper: Tensor, code_stage: StageCoder) -> Tensor:
         """Runs the nine stages in order and returns the decoder-side ``y_hat`` ``(B, M, H, W)``.
