@@ -26,7 +26,6 @@ from licexp.gaps import (
 )
 from licexp.training import CodecModule
 
-
 LATENT_CODERS = (GaussianLatentCoder, HyperLatentCoder)
 """The modules whose train mode selects the quantisation approximation (any backbone)."""
 
