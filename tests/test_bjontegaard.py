@@ -77,7 +77,7 @@ def test_curves_without_overlap_are_refused() -> None:
     high = [p + 20 for p in PSNRS]
     with pytest.raises(ValueError, match="do not overlap in PSNR"):
         bd_rate(RATES, PSNRS, RATES, high)
-    with pytest.raises(ValueError, match="do not overlap in log10"):
+    with pytest.raises(ValueError, match="do not overlap in rate"):
         bd_psnr(RATES, PSNRS, [100 * r for r in RATES], PSNRS)
 
 

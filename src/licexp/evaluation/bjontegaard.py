@@ -24,7 +24,7 @@ increasing with rate. Violations raise :class:`ValueError` naming the curve and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -80,16 +80,17 @@ def _mean_difference(
     y_test: np.ndarray,
     method: str,
     axis: str,
+    shown: Callable[[float], float] = float,
 ) -> float:
     """Mean of ``y_test(x) - y_ref(x)`` over the overlap of the two ``x`` ranges.
 
-    ``x`` must be strictly increasing for ``"pchip"``; ``axis`` names ``x`` in errors.
+    ``x`` must be increasing; errors name ``x`` as ``axis`` and show its values as ``shown(x)``.
     """
     low, high = max(x_ref[0], x_test[0]), min(x_ref[-1], x_test[-1])
     if high <= low:
+        ranges = [f"[{shown(x[0]):.4g}, {shown(x[-1]):.4g}]" for x in (x_ref, x_test)]
         raise ValueError(
-            f"the curves do not overlap in {axis}: reference [{x_ref[0]:.4g}, {x_ref[-1]:.4g}], "
-            f"test [{x_test[0]:.4g}, {x_test[-1]:.4g}]"
+            f"the curves do not overlap in {axis}: reference {ranges[0]}, test {ranges[1]}"
         )
     if method == "pchip":
         areas = [
@@ -133,4 +134,4 @@ def bd_psnr(
     """BD-PSNR of the test curve against the reference in dB (see the module docstring)."""
     ref_r, ref_p = _sorted_points(ref_rate, ref_psnr, "reference", method)
     test_r, test_p = _sorted_points(test_rate, test_psnr, "test", method)
-    return _mean_difference(ref_r, ref_p, test_r, test_p, method, "log10(rate)")
+    return _mean_difference(ref_r, ref_p, test_r, test_p, method, "rate", lambda r: 10**r)
