@@ -57,14 +57,25 @@ class InputError(ValueError):
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="licexp-rd", description=__doc__.split("\n\n")[0].strip())
-    parser.add_argument("paths", nargs="+", type=Path, help="sweep/run dirs or curve JSON files")
-    parser.add_argument("--anchor", action="append", type=Path, default=[], help="anchor JSON")
-    parser.add_argument(
-        "--no-default-anchors", action="store_true", help="leave out the Kodak anchors"
+    parser = argparse.ArgumentParser(
+        prog="licexp-rd",
+        description="RD curves, tables, CompressAI JSON and BD-rates of licexp sweeps.",
     )
-    parser.add_argument("--reference", help="curve or anchor name for BD (see the docs)")
-    parser.add_argument("--method", choices=sorted(METHODS), default="pchip", help="BD fit")
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep or run dirs, curve JSON files")
+    parser.add_argument(
+        "--anchor", action="append", type=Path, default=[], help="an anchor curve JSON (repeat)"
+    )
+    parser.add_argument(
+        "--no-default-anchors", action="store_true", help="leave out CompressAI's Kodak anchors"
+    )
+    parser.add_argument(
+        "--reference",
+        help="curve or anchor the BD numbers are measured against (default: mbt2018-mean when "
+        "every run was evaluated on Kodak, else the first sweep curve by name)",
+    )
+    parser.add_argument(
+        "--method", choices=sorted(METHODS), default="pchip", help="BD interpolation"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <first dir>/rd)")
     return parser.parse_args(argv)
 
