@@ -42,13 +42,11 @@ class Run:
     overrides: dict[str, str]
     point: RDCurve
 
-    @property
-    def is_kodak(self) -> bool:
-        return self.eval_set == "Kodak"
-
 
 @dataclass(frozen=True)
 class SkippedRun:
+    """A directory with a Hydra config that holds no usable result, and why."""
+
     path: Path
     reason: str
 
@@ -59,7 +57,6 @@ class SweepCurve:
 
     curve: RDCurve
     runs: list[Run]
-    eval_set: str
     duplicates: list[Run] = field(default_factory=list)
 
 
@@ -158,7 +155,7 @@ def group_runs(runs: Sequence[Run]) -> list[SweepCurve]:
             chosen.append(same_lambda[-1])
             duplicates += same_lambda[:-1]
         chosen.sort(key=lambda run: run.point.bpp[0])
-        curves.append(SweepCurve(_curve(name, chosen), chosen, chosen[0].eval_set, duplicates))
+        curves.append(SweepCurve(_curve(name, chosen), chosen, duplicates))
     return curves
 
 
