@@ -14,7 +14,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from licexp.checkpoints import read_checkpoint
+from licexp.checkpoints import init_weights, read_checkpoint
 from licexp.config import instantiate_collection, save_run_info
 from licexp.evaluation.evaluate import evaluate_codec
 
@@ -34,6 +34,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     codec = hydra.utils.instantiate(cfg.backbone, quantizer=quantizer)
     module = hydra.utils.instantiate(cfg.model, codec=codec)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.init_from is not None:
+        if cfg.ckpt_path is not None:
+            raise ValueError(
+                "init_from (fine-tune from weights) and ckpt_path (resume) exclude each other"
+            )
+        init_weights(module, cfg.init_from, module.run_config["backbone"])
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_collection(cfg.get("callbacks")),
