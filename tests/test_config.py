@@ -55,7 +55,12 @@ def test_every_backbone_and_quantiser_builds_a_trainable_module(backbone, quant)
     assert any(name.endswith(".quantiles") for name in changed), "the aux step ran"
 
 
-NEEDS_FILES_OR_DEVICES = {("data", "folder"), ("data", "kodak"), ("trainer", "gpu")}
+NEEDS_FILES_OR_DEVICES = {
+    ("data", "folder"),
+    ("data", "kodak"),
+    ("trainer", "gpu"),
+    ("trainer", "ddp"),
+}
 """Options that compose everywhere but instantiate only with image folders or a GPU."""
 
 

@@ -2,6 +2,8 @@
 
 Composes ``conf/train.yaml``, builds the backbone with its quantisation strategy, trains
 with Lightning, then evaluates the final model on real bitstreams (``evaluate=true``).
+Under DDP (``trainer=ddp``, ``trainer=ddp_cpu``) every rank runs this script; global rank
+0 alone writes the run files, logs and evaluates.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from licexp.checkpoints import read_checkpoint
 from licexp.config import instantiate_collection, save_run_info
+from licexp.distributed import hydra_ddp_job
 from licexp.evaluation.evaluate import evaluate_codec
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Runs one training job; returns the final metrics (a sweeper's objective among them)."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    save_run_info(output_dir)
     if cfg.ckpt_path is not None:
         read_checkpoint(cfg.ckpt_path)  # fail now, with a clear message, not mid-restore
 
@@ -39,7 +41,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=instantiate_collection(cfg.get("callbacks")),
         logger=instantiate_collection(cfg.get("logger")) or False,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if trainer.is_global_zero:
+        save_run_info(output_dir)
+    with hydra_ddp_job():
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     if cfg.evaluate and trainer.is_global_zero:
