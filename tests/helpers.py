@@ -1,7 +1,10 @@
-"""Helpers shared by the tests: config composition and paths to optional data."""
+"""Helpers shared by the tests: config composition, paths to optional data, training runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -24,3 +27,21 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
 def option_names(group: str) -> list[str]:
     """The options of a config group, from the files in ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def run_training(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m licexp.train`` with ``tests/`` importable by every rank (the probes)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "HYDRA_FULL_ERROR": "0",
+        "PYTHONWARNINGS": "ignore",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "licexp.train", *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO_ROOT, compose_train
+from helpers import compose_train, run_training
 from omegaconf import open_dict
 
 from licexp.train import train
@@ -42,24 +39,6 @@ COMMON = [
     "callbacks.model_checkpoint=null",
     "+callbacks.probe._target_=ddp_probe.RecordRankState",
 ]
-
-
-def run_training(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m licexp.train`` with ``tests/`` importable by every rank (the probes)."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-        "HYDRA_FULL_ERROR": "0",
-        "PYTHONWARNINGS": "ignore",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "licexp.train", *overrides],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def last_value(metrics_csv: Path, column: str) -> float:
