@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from licexp.config import register_resolvers
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -18,6 +20,7 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 
 def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """Composes a config like ``python -m licexp.train`` would, with Hydra's runtime set."""
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides or [], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

@@ -94,3 +94,9 @@ def test_lmbda_is_top_level_and_sweepable() -> None:
     cfg = compose_train(["lmbda=0.0018"])
     assert cfg.model.loss.lmbda == 0.0018
     assert cfg.run_name.endswith("lmbda0.0018")
+
+
+def test_wandb_group_is_the_sweep_directory_in_a_multirun_and_none_in_a_single_run() -> None:
+    sweep = ["logger=wandb", "hydra.mode=MULTIRUN", "hydra.sweep.dir=/sweeps/lambda_ladder"]
+    assert compose_train(sweep).logger.wandb.group == "lambda_ladder"
+    assert compose_train(["logger=wandb"]).logger.wandb.group is None
