@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from licexp.backbones import LearnedCodec
 from licexp.config import instantiate_collection
 from licexp.quant import QuantizationStrategy
-from licexp.training import CodecModule
+from licexp.training import CodecModule, split_parameters
 
 
 def test_default_config_is_the_embedded_cpu_run() -> None:
@@ -36,6 +36,7 @@ def test_every_backbone_and_quantiser_builds_a_trainable_module(backbone, quant)
     assert isinstance(module, CodecModule)
     optimizers, schedulers = module.configure_optimizers()
     assert len(optimizers) == 2 and len(schedulers) == 1
+    assert_losses_reach_only_their_own_parameters(module)
 
     before = {name: p.detach().clone() for name, p in codec.named_parameters()}
     trainer = L.Trainer(
@@ -53,6 +54,23 @@ def test_every_backbone_and_quantiser_builds_a_trainable_module(backbone, quant)
     assert any(name.startswith("g_a.0.") for name in changed), "the encoder trained"
     assert any(name.startswith("g_s.6.") for name in changed), "the decoder trained"
     assert any(name.endswith(".quantiles") for name in changed), "the aux step ran"
+
+
+def assert_losses_reach_only_their_own_parameters(module: CodecModule) -> None:
+    """The training step backpropagates RD + aux loss in one pass (one DDP reduction per
+    step); that gives each optimiser the gradient of its own loss only if the RD loss
+    leaves the quantiles alone and the aux loss every other parameter. DDP without a
+    search for unused parameters needs every main parameter in the RD loss's graph
+    (``autograd.grad`` without ``allow_unused`` raises otherwise)."""
+    main, aux = split_parameters(module.codec.train())
+    assert aux, "the codec has quantiles"
+    x = torch.rand(2, 3, 64, 64)
+    rd_loss = module.loss(module.codec(x), x)["loss"]
+    rd_on_aux = torch.autograd.grad(rd_loss, aux, allow_unused=True, retain_graph=True)
+    assert all(grad is None or not grad.any() for grad in rd_on_aux)
+    assert any(grad is not None and grad.any() for grad in torch.autograd.grad(rd_loss, main))
+    aux_on_main = torch.autograd.grad(module.codec.aux_loss(), main, allow_unused=True)
+    assert all(grad is None or not grad.any() for grad in aux_on_main)
 
 
 NEEDS_FILES_OR_DEVICES = {
