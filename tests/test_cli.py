@@ -36,16 +36,17 @@ def run(
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """One training run for several tests, logging to CSV and to an offline W&B run."""
+    """One training run for several tests, logging to CSV and to an offline W&B run, with
+    name lookups of other machines recorded in ``network.log`` beside it and refused."""
     root = tmp_path_factory.mktemp("smoke")
     run_dir = root / "run"
-    # W&B keeps settings, caches and staged table files under the home directory.
-    wandb_home = {
-        f"WANDB_{name}_DIR": str(root / "wandb_home") for name in ("CONFIG", "CACHE", "DATA")
+    env = {
+        "PYTHONPATH": str(REPO_ROOT / "tests" / "no_network"),
+        "LICEXP_NETWORK_LOG": str(root / "network.log"),
+        # W&B keeps settings, caches and staged table files under the home directory.
+        **{f"WANDB_{name}_DIR": str(root / "wandb_home") for name in ("CONFIG", "CACHE", "DATA")},
     }
-    result = run(
-        "licexp.train", *SMOKE, "logger=[csv,wandb]", f"hydra.run.dir={run_dir}", env=wandb_home
-    )
+    result = run("licexp.train", *SMOKE, "logger=[csv,wandb]", f"hydra.run.dir={run_dir}", env=env)
     return run_dir, result
 
 
@@ -152,6 +153,8 @@ def merged(records: list[dict], kind: str, field: str) -> dict:
 
 def test_wandb_offline_run_holds_config_metrics_media_and_evaluation(smoke_run) -> None:
     run_dir, _ = smoke_run
+    network_log = run_dir.parent / "network.log"
+    assert not network_log.exists(), f"tried to reach {network_log.read_text().split()}"
     (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
     records = wandb_records(offline_run)
     (started,) = [record["run"] for record in records if record["type"] == "run"]
