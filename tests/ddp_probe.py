@@ -29,7 +29,8 @@ def parameters(module: CodecModule) -> dict[str, Tensor]:
 
 class RecordRankState(L.Callback):
     """Writes ``rank<r>.pt`` per rank: the codec parameters before and after training, the
-    quantiles after every step and the names of the images each step trained on."""
+    state of the global random generator when training starts, the quantiles after every
+    step and the names of the images each step trained on."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -37,6 +38,11 @@ class RecordRankState(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, module: CodecModule) -> None:
         self.record["initial"] = parameters(module)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: CodecModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.record.setdefault("rng_state", torch.random.get_rng_state())
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: CodecModule, outputs: Any, batch: Any, batch_idx: int

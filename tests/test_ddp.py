@@ -98,13 +98,18 @@ def test_ranks_hold_identical_parameters_and_quantiles_after_every_step(
         assert not torch.equal(value, rank0["initial"][name]), f"the aux step trained {name}"
 
 
-def test_ranks_train_on_different_images(ddp_and_single_runs) -> None:
+def test_ranks_train_on_different_images_with_different_random_streams(
+    ddp_and_single_runs,
+) -> None:
     ddp_dir, _ = ddp_and_single_runs
     rank0 = torch.load(ddp_dir / "probe" / "rank0.pt")
     rank1 = torch.load(ddp_dir / "probe" / "rank1.pt")
     for names0, names1 in zip(rank0["names"], rank1["names"], strict=True):
         assert len(names0) == len(names1) == 2
         assert not set(names0) & set(names1)
+    # Quantisation noise comes from the global generator: the same state would add the same
+    # noise on both ranks.
+    assert not torch.equal(rank0["rng_state"], rank1["rng_state"])
 
 
 def test_two_ranks_train_like_one_process_with_their_global_batch(ddp_and_single_runs) -> None:
