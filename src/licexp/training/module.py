@@ -96,15 +96,15 @@ class CodecModule(L.LightningModule):
         # One backward pass for both losses. The RD loss gives the quantiles no gradient
         # (the quantisers detach the median) and the aux loss gives the other parameters
         # none (CompressAI detaches the density it evaluates at the quantiles), so each
-        # optimiser gets the gradient of its own loss, as with two passes. Under DDP this
-        # pass runs inside the wrapped forward's reduction: DDP all-reduces every gradient,
-        # the quantiles' included, in one go, every parameter takes part in every step
-        # (find_unused_parameters=False suffices), and the ranks take identical steps.
-        # A second, aux-only backward would leave the quantiles' gradient bucket of the
-        # first pass unreduced (DDP's "parameters that were not used" error) or need
-        # find_unused_parameters=True with a graph search per backward. The aux loss is
-        # taken before the main step (CompressAI: after it), one step's lag of the density
-        # that the quantiles track.
+        # optimiser gets the gradient of its own loss, as with two passes. Under DDP the
+        # one pass is one reduction: every parameter, quantiles included, gets a gradient
+        # in every step (find_unused_parameters=False suffices), DDP averages all of them
+        # over the ranks, and the ranks take identical steps. A second, aux-only pass fails
+        # under DDP: the first pass leaves the quantiles' bucket unreduced ("parameters
+        # that were not used in producing the loss"); find_unused_parameters=True would
+        # mend it at the price of a graph search per pass. The aux loss is now taken before
+        # the main step (CompressAI: after it), a one-step lag behind the density that the
+        # quantiles track.
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
         self.manual_backward(terms["loss"] + aux_loss)
