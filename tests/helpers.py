@@ -1,12 +1,17 @@
-"""Helpers shared by the tests: config composition and paths to optional data."""
+"""Helpers shared by the tests: config composition, paths to optional data, training runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+
+from licexp.config import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -15,6 +20,7 @@ SHARED_DIR = REPO_ROOT.parent / "shared"
 
 def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """Composes a config like ``python -m licexp.train`` would, with Hydra's runtime set."""
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides or [], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
@@ -24,3 +30,21 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
 def option_names(group: str) -> list[str]:
     """The options of a config group, from the files in ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def run_training(*overrides: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m licexp.train`` with ``tests/`` importable by every rank (the probes)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "HYDRA_FULL_ERROR": "0",
+        "PYTHONWARNINGS": "ignore",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "licexp.train", *overrides],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -16,8 +16,10 @@ from helpers import REPO_ROOT
 SMOKE = ["debug=smoke", "callbacks.progress_bar=null"]
 
 
-def run(module: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"}
+def run(
+    module: str, *overrides: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore", **(env or {})}
     result = subprocess.run(
         [sys.executable, "-m", module, *overrides],
         cwd=REPO_ROOT,
@@ -34,8 +36,18 @@ def run(module: str, *overrides: str, check: bool = True) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    run_dir = tmp_path_factory.mktemp("smoke") / "run"
-    return run_dir, run("licexp.train", *SMOKE, f"hydra.run.dir={run_dir}")
+    """One training run for several tests, logging to CSV and to an offline W&B run, with
+    name lookups of other machines recorded in ``network.log`` beside it and refused."""
+    root = tmp_path_factory.mktemp("smoke")
+    run_dir = root / "run"
+    env = {
+        "PYTHONPATH": str(REPO_ROOT / "tests" / "no_network"),
+        "LICEXP_NETWORK_LOG": str(root / "network.log"),
+        # W&B keeps settings, caches and staged table files under the home directory.
+        **{f"WANDB_{name}_DIR": str(root / "wandb_home") for name in ("CONFIG", "CACHE", "DATA")},
+    }
+    result = run("licexp.train", *SMOKE, "logger=[csv,wandb]", f"hydra.run.dir={run_dir}", env=env)
+    return run_dir, result
 
 
 def test_training_writes_checkpoint_metrics_and_real_bitstream_results(smoke_run) -> None:
@@ -73,6 +85,7 @@ def test_resume_continues_the_run_and_leaves_the_original_checkpoint(smoke_run, 
     assert torch.load(original, weights_only=False)["global_step"] == 4
     assert resumed["global_step"] == 6
     assert original.read_bytes() == before
+    assert not (resumed_dir / "wandb").exists(), "W&B extras stay off without logger=wandb"
 
 
 def test_eval_cli_decodes_a_checkpoint_on_real_bitstreams(smoke_run, tmp_path) -> None:
@@ -120,3 +133,58 @@ def test_corrupt_checkpoint_is_refused_before_training(tmp_path) -> None:
     assert result.returncode != 0
     assert "not readable" in result.stderr + result.stdout
     assert corrupt.read_bytes() == b"PK\x03\x04 this is not a checkpoint"
+
+
+def wandb_records(offline_run: Path) -> list[dict]:
+    """The records of an offline W&B run, read by W&B's own reader (one JSON each)."""
+    inspect = [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(offline_run)]
+    output = subprocess.run(inspect, capture_output=True, text=True, check=True, timeout=120)
+    return [json.loads(line) for line in output.stdout.splitlines() if line.startswith("{")]
+
+
+def merged(records: list[dict], kind: str, field: str) -> dict:
+    """The updates of every record of one kind, later ones winning (what W&B shows)."""
+    result: dict = {}
+    for record in records:
+        if record["type"] == kind:
+            result.update(record[kind][field])
+    return result
+
+
+def test_wandb_offline_run_holds_config_metrics_media_and_evaluation(smoke_run) -> None:
+    run_dir, _ = smoke_run
+    network_log = run_dir.parent / "network.log"
+    assert not network_log.exists(), f"tried to reach {network_log.read_text().split()}"
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    records = wandb_records(offline_run)
+    (started,) = [record["run"] for record in records if record["type"] == "run"]
+    assert started["display_name"] == "mean_scale_small-noise-lmbda0.0067"
+    assert started["project"] == "licexp"
+    assert {"mean_scale_small", "noise", "lmbda=0.0067"} <= set(started["tags"])
+
+    config = merged(records, "config", "update")
+    assert config["lmbda"] == 0.0067
+    assert config["model"]["loss"]["lmbda"] == 0.0067  # the resolved config, not the YAML
+    commit = json.loads((run_dir / "run_info.json").read_text())["git"]["commit"]
+    assert config["git"]["commit"] == commit
+
+    summary = merged(records, "summary", "update")
+    results = json.loads((run_dir / "eval" / "results.json").read_text())["results"]
+    assert summary["eval/bpp"] == pytest.approx(results["bpp"][0])
+    assert summary["eval/psnr"] == pytest.approx(results["psnr-rgb"][0])
+    assert summary["eval/ms_ssim"] == pytest.approx(results["ms-ssim-rgb"][0])
+
+    logged = merged(records, "history", "item")
+    for stage in ("train", "val"):
+        assert {f"{stage}/gaps/{gap}" for gap in ("discrete", "entropy_w1", "lss")} <= set(logged)
+    assert logged["val/latent_histogram._type"] == "histogram"
+    assert len(logged["val/latent_histogram.values"]) == 140  # bin width 0.05 over [-4, 3]
+    assert logged["val/latent_histogram_figure._type"] == "image-file"
+    assert logged["val/reconstructions._type"] == "images/separated"
+    assert logged["val/reconstructions.count"] == 2
+    assert logged["val/reconstructions.width"] == 2 * logged["val/reconstructions.height"]
+    assert logged["eval/per_image._type"] == "table-file"
+    table = json.loads((offline_run / "files" / logged["eval/per_image.path"]).read_text())
+    assert [row[0] for row in table["data"]] == ["astronaut", "coffee"]
+    assert {"bpp", "psnr", "ms_ssim", "original | reconstruction"} <= set(table["columns"])
+    assert [record["exit"]["exit_code"] for record in records if record["type"] == "exit"] == [0]

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from licexp.backbones import LearnedCodec
 from licexp.config import instantiate_collection
 from licexp.quant import QuantizationStrategy
-from licexp.training import CodecModule
+from licexp.training import CodecModule, split_parameters
 
 
 def test_default_config_is_the_embedded_cpu_run() -> None:
@@ -38,6 +38,7 @@ def test_every_backbone_and_quantiser_builds_a_trainable_module(backbone, quant)
     assert isinstance(module, CodecModule)
     optimizers, schedulers = module.configure_optimizers()
     assert len(optimizers) == 2 and len(schedulers) == 1
+    assert_losses_reach_only_their_own_parameters(module)
 
     before = {name: p.detach().clone() for name, p in codec.named_parameters()}
     trainer = L.Trainer(
@@ -57,7 +58,29 @@ def test_every_backbone_and_quantiser_builds_a_trainable_module(backbone, quant)
     assert any(name.endswith(".quantiles") for name in changed), "the aux step ran"
 
 
-NEEDS_FILES_OR_DEVICES = {("data", "folder"), ("data", "kodak"), ("trainer", "gpu")}
+def assert_losses_reach_only_their_own_parameters(module: CodecModule) -> None:
+    """The training step backpropagates RD + aux loss in one pass (one DDP reduction per
+    step); that gives each optimiser the gradient of its own loss only if the RD loss
+    leaves the quantiles alone and the aux loss every other parameter. DDP without a
+    search for unused parameters needs every main parameter in the RD loss's graph
+    (``autograd.grad`` without ``allow_unused`` raises otherwise)."""
+    main, aux = split_parameters(module.codec.train())
+    assert aux, "the codec has quantiles"
+    x = torch.rand(2, 3, 64, 64)
+    rd_loss = module.loss(module.codec(x), x)["loss"]
+    rd_on_aux = torch.autograd.grad(rd_loss, aux, allow_unused=True, retain_graph=True)
+    assert all(grad is None or not grad.any() for grad in rd_on_aux)
+    assert any(grad is not None and grad.any() for grad in torch.autograd.grad(rd_loss, main))
+    aux_on_main = torch.autograd.grad(module.codec.aux_loss(), main, allow_unused=True)
+    assert all(grad is None or not grad.any() for grad in aux_on_main)
+
+
+NEEDS_FILES_OR_DEVICES = {
+    ("data", "folder"),
+    ("data", "kodak"),
+    ("trainer", "gpu"),
+    ("trainer", "ddp"),
+}
 """Options that compose everywhere but instantiate only with image folders or a GPU."""
 
 
@@ -91,3 +114,9 @@ def test_lmbda_is_top_level_and_sweepable() -> None:
     cfg = compose_train(["lmbda=0.0018"])
     assert cfg.model.loss.lmbda == 0.0018
     assert cfg.run_name.endswith("lmbda0.0018")
+
+
+def test_wandb_group_is_the_sweep_directory_in_a_multirun_and_none_in_a_single_run() -> None:
+    sweep = ["logger=wandb", "hydra.mode=MULTIRUN", "hydra.sweep.dir=/sweeps/lambda_ladder"]
+    assert compose_train(sweep).logger.wandb.group == "lambda_ladder"
+    assert compose_train(["logger=wandb"]).logger.wandb.group is None

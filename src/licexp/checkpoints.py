@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
+from torch import nn
 
 from licexp.backbones import LearnedCodec
+from licexp.backbones.base import resize_entropy_buffers
 
 CONFIG_KEY = "licexp_config"
 CODEC_PREFIX = "codec."
@@ -55,6 +58,26 @@ def codec_from_checkpoint(path: str | Path) -> tuple[LearnedCodec, dict[str, Any
             f"checkpoint {path} does not match its backbone config: {error}"
         ) from error
     return codec, config
+
+
+def init_weights(module: nn.Module, path: str | Path, backbone: Mapping[str, Any]) -> None:
+    """Loads a checkpoint's weights into ``module`` (a ``CodecModule``) to start a new run.
+
+    Only the weights: optimiser, scheduler and step count start afresh (``ckpt_path`` resumes
+    all of them instead). The checkpoint's resolved backbone config must equal ``backbone``.
+    """
+    checkpoint = read_checkpoint(path)
+    trained = checkpoint[CONFIG_KEY].get("backbone")
+    if trained != dict(backbone):
+        raise CheckpointError(
+            f"init_from={path} holds a different backbone: it was trained with {trained}, "
+            f"this run builds {dict(backbone)}"
+        )
+    resize_entropy_buffers(module, checkpoint["state_dict"])
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise CheckpointError(f"the weights of init_from={path} do not fit: {error}") from error
 
 
 def find_last_checkpoint(log_dir: str | Path) -> Path:

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 
 def instantiate_collection(configs: DictConfig | None) -> list[Any]:
@@ -35,8 +37,24 @@ def git_state(directory: Path) -> dict[str, Any]:
         return {"commit": None, "dirty": None}
 
 
-def save_run_info(output_dir: Path) -> None:
-    """Writes ``run_info.json``: command line and git state of the code that ran."""
+def run_info() -> dict[str, Any]:
+    """The command line and the git state of the code that runs."""
+    return {"argv": sys.argv, "git": git_state(Path(__file__).resolve().parent)}
+
+
+def save_run_info(output_dir: Path, info: dict[str, Any] | None = None) -> None:
+    """Writes ``run_info.json`` (default: :func:`run_info`) into ``output_dir``."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    info = {"argv": sys.argv, "git": git_state(Path(__file__).resolve().parent)}
-    (output_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    (output_dir / "run_info.json").write_text(json.dumps(info or run_info(), indent=2))
+
+
+def sweep_name() -> str | None:
+    """The name of the sweep directory in a Hydra multirun job; ``None`` in a single run."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
+
+
+def register_resolvers() -> None:
+    """Registers licexp's config resolvers: ``${licexp.sweep:}`` (:func:`sweep_name`)."""
+    OmegaConf.register_new_resolver("licexp.sweep", sweep_name, replace=True)

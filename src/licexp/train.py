@@ -2,6 +2,8 @@
 
 Composes ``conf/train.yaml``, builds the backbone with its quantisation strategy, trains
 with Lightning, then evaluates the final model on real bitstreams (``evaluate=true``).
+Under DDP (``trainer=ddp``, ``trainer=ddp_cpu``) every rank runs this script; global rank
+0 alone writes the run files, logs and evaluates.
 """
 
 from __future__ import annotations
@@ -14,18 +16,28 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from licexp.checkpoints import read_checkpoint
-from licexp.config import instantiate_collection, save_run_info
+from licexp.checkpoints import init_weights, read_checkpoint
+from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
+from licexp.distributed import hydra_ddp_job
 from licexp.evaluation.evaluate import evaluate_codec
+from licexp.loggers import finish_wandb, log_evaluation
 
 log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def record_run(trainer: L.Trainer, config: dict[str, Any], output_dir: Path) -> None:
+    """Writes ``run_info.json``; gives every logger the resolved config and the git state."""
+    info = run_info()
+    save_run_info(output_dir, info)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**config, **info})
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Runs one training job; returns the final metrics (a sweeper's objective among them)."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    save_run_info(output_dir)
     if cfg.ckpt_path is not None:
         read_checkpoint(cfg.ckpt_path)  # fail now, with a clear message, not mid-restore
 
@@ -34,24 +46,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     codec = hydra.utils.instantiate(cfg.backbone, quantizer=quantizer)
     module = hydra.utils.instantiate(cfg.model, codec=codec)
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.init_from is not None:
+        if cfg.ckpt_path is not None:
+            raise ValueError(
+                "init_from (fine-tune from weights) and ckpt_path (resume) exclude each other"
+            )
+        init_weights(module, cfg.init_from, module.run_config["backbone"])
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_collection(cfg.get("callbacks")),
         logger=instantiate_collection(cfg.get("logger")) or False,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    exit_code = 1
+    try:
+        if trainer.is_global_zero:
+            record_run(trainer, module.run_config, output_dir)
+        with hydra_ddp_job():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
-    if cfg.evaluate and trainer.is_global_zero:
-        summary = evaluate_codec(
-            codec,
-            datamodule.eval_dataset,
-            output_dir / "eval",
-            name=cfg.run_name,
-            anchors=cfg.evaluation.anchors,
-            reconstructions=cfg.evaluation.reconstructions,
-        )
-        metrics.update({f"eval/{key}": value for key, value in summary.items()})
+        if cfg.evaluate and trainer.is_global_zero:
+            summary = evaluate_codec(
+                codec,
+                datamodule.eval_dataset,
+                output_dir / "eval",
+                name=cfg.run_name,
+                anchors=cfg.evaluation.anchors,
+                reconstructions=cfg.evaluation.reconstructions,
+            )
+            log_evaluation(trainer, summary, output_dir / "eval", datamodule.eval_dataset)
+            metrics.update({f"eval/{key}": value for key, value in summary.items()})
+        exit_code = 0
+    finally:
+        finish_wandb(trainer.loggers, exit_code)
     return metrics
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +27,28 @@ from licexp.gaps import (
 )
 from licexp.training import CodecModule
 
-
 LATENT_CODERS = (GaussianLatentCoder, HyperLatentCoder)
 """The modules whose train mode selects the quantisation approximation (any backbone)."""
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A histogram of one validation, over every rank's latents, and its saved figure."""
+
+    counts: Tensor
+    """Fractions of all values per bin (see :mod:`licexp.gaps.histogram`)."""
+    edges: Tensor
+    step: int
+    figure: Path | None
+    """The PNG, on the rank that wrote it (global rank 0); ``None`` elsewhere."""
+
+
+def merge_over_ranks(trainer: L.Trainer, counts: Tensor, num_values: int) -> Tensor:
+    """Histogram fractions over the values of all ranks, from each rank's own fractions."""
+    device = trainer.strategy.root_device  # NCCL reduces device tensors only
+    packed = torch.cat([counts * num_values, counts.new_tensor([num_values])]).to(device)
+    total = trainer.strategy.reduce(packed, reduce_op="sum")
+    return (total[:-1] / total[-1].clamp_min(1)).cpu()
 
 
 @contextmanager
@@ -59,7 +79,11 @@ class GapMetrics(L.Callback):
     of the RD loss around ``Q(y)``). Training steps are measured every ``every_n_steps``
     on the step's own output (no extra forward pass); validation batches are re-run with
     the training approximation. At each validation end, histograms of ``y`` (bin width
-    0.05 over [-4, 3], Pan et al.'s Figure 2) and of ``y - round(y)`` are saved as PNG.
+    0.05 over [-4, 3], Pan et al.'s Figure 2) and of ``y - round(y)`` are saved as PNG and
+    JSON, and kept in :attr:`histograms` for other callbacks (e.g. a tracker's).
+
+    Under DDP every rank measures its own batches: the logged gaps are averaged over the
+    ranks and the histograms count the latents of all ranks; rank 0 writes the files.
     """
 
     def __init__(
@@ -78,8 +102,15 @@ class GapMetrics(L.Callback):
         self.lss_samples = lss_samples
         self.lss_scale = lss_scale
         self.histogram_max_values = histogram_max_values
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self._latents: list[Tensor] = []
+        self.histograms: dict[str, Histogram] = {}
+        """The histograms of the latest validation, by file stem."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Independent Monte-Carlo draws on every rank: their average is then a better estimate.
+        self.generator.manual_seed(self.seed + trainer.global_rank)
 
     def measure(self, module: CodecModule, x: Tensor, output: CodecOutput) -> dict[str, Tensor]:
         """The gaps of one batch, given the codec's training-approximation output."""
@@ -118,7 +149,12 @@ class GapMetrics(L.Callback):
         x, output = module.last_step
         for name, value in self.measure(module, x, output).items():
             module.log(
-                f"train/gaps/{name}", value, on_step=True, on_epoch=False, batch_size=x.size(0)
+                f"train/gaps/{name}",
+                value,
+                on_step=True,
+                on_epoch=False,
+                batch_size=x.size(0),
+                sync_dist=True,
             )
 
     @torch.no_grad()
@@ -152,14 +188,15 @@ class GapMetrics(L.Callback):
             self._latents.append(output.latents["y"].flatten().cpu())
 
     def on_validation_epoch_end(self, trainer: L.Trainer, module: CodecModule) -> None:
-        if not self._latents or not trainer.is_global_zero or trainer.sanity_checking:
+        # Every rank takes part in the reduction (DistributedSampler gives each a batch).
+        if not self._latents or trainer.sanity_checking:
             self._latents.clear()
             return
         values = torch.cat(self._latents)
         self._latents.clear()
-        out_dir = Path(trainer.default_root_dir) / "gaps"
-        out_dir.mkdir(parents=True, exist_ok=True)
         step = trainer.global_step
+        out_dir = Path(trainer.default_root_dir) / "gaps"
+        self.histograms = {}
         for stem, (counts, edges), title in (
             ("latent_histogram", latent_histogram(values), "y"),
             (
@@ -168,8 +205,20 @@ class GapMetrics(L.Callback):
                 "y - round(y)",
             ),
         ):
-            figure = histogram_figure(counts, edges, f"{title}, step {step}")
-            figure.savefig(out_dir / f"{stem}_step{step:07d}.png", dpi=100)
-            plt.close(figure)
-            data = {"counts": counts.tolist(), "edges": edges.tolist(), "step": step}
-            (out_dir / f"{stem}_step{step:07d}.json").write_text(json.dumps(data))
+            counts = merge_over_ranks(trainer, counts, values.numel())
+            figure_path = out_dir / f"{stem}_step{step:07d}.png"
+            if trainer.is_global_zero:
+                self._save(counts, edges, f"{title}, step {step}", step, figure_path)
+            self.histograms[stem] = Histogram(
+                counts, edges, step, figure_path if trainer.is_global_zero else None
+            )
+
+    @staticmethod
+    def _save(counts: Tensor, edges: Tensor, title: str, step: int, figure_path: Path) -> None:
+        """Writes the histogram as a PNG bar plot and as JSON beside it."""
+        figure_path.parent.mkdir(parents=True, exist_ok=True)
+        figure = histogram_figure(counts, edges, title)
+        figure.savefig(figure_path, dpi=100)
+        plt.close(figure)
+        data = {"counts": counts.tolist(), "edges": edges.tolist(), "step": step}
+        figure_path.with_suffix(".json").write_text(json.dumps(data))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +58,26 @@ def check_codable(codec: LearnedCodec, height: int, width: int) -> None:
         raise ValueError(f"image of {height}x{width} exceeds the container's 65535-pixel sides")
 
 
+@contextmanager
+def deterministic_kernels() -> Iterator[None]:
+    """Runs the enclosed code with cuDNN's deterministic algorithms.
+
+    The decoder recomputes the entropy parameters and the synthesis the encoder computed;
+    cuDNN's default algorithms may differ from run to run (transposed convolutions use
+    atomics), which moves the reconstruction by ~1e-8 on a GPU and, where a mean lands on a
+    rounding boundary, desynchronises the symbols. CPU kernels are deterministic already.
+    """
+    cudnn = torch.backends.cudnn
+    previous = cudnn.deterministic, cudnn.benchmark
+    cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = previous
+
+
 @torch.inference_mode()
+@deterministic_kernels()
 def code_image(codec: LearnedCodec, image: Tensor) -> RealCoding:
     """Codes one image (``[3, H, W]`` or ``[1, 3, H, W]`` in ``[0, 1]``) with the real coder.
 
@@ -94,6 +115,7 @@ def code_image(codec: LearnedCodec, image: Tensor) -> RealCoding:
 
 
 @torch.inference_mode()
+@deterministic_kernels()
 def decode_container(codec: LearnedCodec, container: bytes) -> Tensor:
     """Decodes a container written by :func:`code_image` to ``[3, H, W]`` in ``[0, 1]``."""
     coded = unpack(container)

@@ -64,9 +64,22 @@ def round_around(x: Tensor, offset: Tensor | None) -> Tensor:
     return torch.round(x - offset) + offset
 
 
+def straight_through_round_around(x: Tensor, offset: Tensor | None) -> Tensor:
+    """``round(x - offset) + offset`` forward, identity gradient; ``round(x)`` without offset."""
+    if offset is None:
+        return straight_through_round(x)
+    return straight_through_round(x - offset) + offset
+
+
 def uniform_noise_like(x: Tensor) -> Tensor:
     """Samples ``u ~ U(-1/2, 1/2)`` of the shape of ``x``: Balle et al.'s proxy of rounding."""
     return torch.empty_like(x).uniform_(-0.5, 0.5)
+
+
+def additive_uniform_noise(coded: Tensor) -> QuantizedLatent:
+    """Balle et al.'s training proxy ``v + u``, ``u ~ U(-1/2, 1/2)``, for rate and decoder alike."""
+    noisy = coded + uniform_noise_like(coded)
+    return QuantizedLatent(rate_input=noisy, decoder_input=noisy)
 
 
 class QuantizationStrategy(nn.Module, ABC):

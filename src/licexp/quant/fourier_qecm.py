@@ -35,7 +35,7 @@ from licexp.quant.base import (
     LikelihoodFunction,
     QuantizationStrategy,
     QuantizedLatent,
-    uniform_noise_like,
+    additive_uniform_noise,
 )
 
 
@@ -178,8 +178,7 @@ class FourierQECMQuantization(QuantizationStrategy):
     ) -> QuantizedLatent:
         """``y_tilde_qc = y_qc + u``, ``u ~ U(-1/2, 1/2)``, for the rate and the decoder."""
         del mean, likelihood_fn
-        noisy = coded + uniform_noise_like(coded)
-        return QuantizedLatent(rate_input=noisy, decoder_input=noisy)
+        return additive_uniform_noise(coded)
 
     def extra_repr(self) -> str:
         return (

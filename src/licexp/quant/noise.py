@@ -9,7 +9,7 @@ from licexp.quant.base import (
     LikelihoodFunction,
     QuantizationStrategy,
     QuantizedLatent,
-    uniform_noise_like,
+    additive_uniform_noise,
 )
 
 
@@ -34,8 +34,7 @@ class NoiseQuantization(QuantizationStrategy):
         self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
         del mean, likelihood_fn
-        noisy = coded + uniform_noise_like(coded)
-        return QuantizedLatent(rate_input=noisy, decoder_input=noisy)
+        return additive_uniform_noise(coded)
 
     def coding_offset(self, mean: Tensor | None) -> Tensor | None:
         if mean is None or self.round_around_mean:

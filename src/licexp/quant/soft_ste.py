@@ -33,7 +33,7 @@ from licexp.quant.base import (
     LikelihoodFunction,
     QuantizationStrategy,
     QuantizedLatent,
-    straight_through_round,
+    straight_through_round_around,
     uniform_noise_like,
 )
 
@@ -144,10 +144,7 @@ class SoftSTEQuantization(QuantizationStrategy):
     def quantize_train(
         self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
-        if mean is None:
-            y_hat = straight_through_round(coded)
-        else:
-            y_hat = straight_through_round(coded - mean) + mean
+        y_hat = straight_through_round_around(coded, mean)
         if self.dequantization == "none":
             return QuantizedLatent(rate_input=y_hat, decoder_input=y_hat)
         xi = self.perturbation(y_hat, likelihood_fn)

@@ -8,7 +8,7 @@ from licexp.quant.base import (
     LikelihoodFunction,
     QuantizationStrategy,
     QuantizedLatent,
-    straight_through_round,
+    straight_through_round_around,
 )
 
 
@@ -22,8 +22,5 @@ class StraightThroughQuantization(QuantizationStrategy):
         self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
         del likelihood_fn
-        if mean is None:
-            rounded = straight_through_round(coded)
-        else:
-            rounded = straight_through_round(coded - mean) + mean
+        rounded = straight_through_round_around(coded, mean)
         return QuantizedLatent(rate_input=rounded, decoder_input=rounded)

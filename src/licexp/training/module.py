@@ -82,23 +82,39 @@ class CodecModule(L.LightningModule):
             terms["ms_ssim"] = ms_ssim_batch(x, x_hat.clamp(0, 1)).mean()
         return terms
 
+    def on_train_start(self) -> None:
+        # Every DDP rank is seeded alike; offset the global random stream by the rank, or
+        # all ranks would draw the same quantisation noise for their different images.
+        if self.trainer.world_size > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         optimizer, aux_optimizer = self.optimizers()
         terms = self._step_terms(batch["image"])
+        aux_loss = self.codec.aux_loss()
 
+        # One backward pass for both losses. The RD loss gives the quantiles no gradient
+        # (the quantisers detach the median) and the aux loss gives the other parameters
+        # none (CompressAI detaches the density it evaluates at the quantiles), so each
+        # optimiser gets the gradient of its own loss, as with two passes. Under DDP the
+        # one pass is one reduction: every parameter, quantiles included, gets a gradient
+        # in every step (find_unused_parameters=False suffices), DDP averages all of them
+        # over the ranks, and the ranks take identical steps. A second, aux-only pass fails
+        # under DDP: the first pass leaves the quantiles' bucket unreduced ("parameters
+        # that were not used in producing the loss"); find_unused_parameters=True would
+        # mend it at the price of a graph search per pass. The aux loss is now taken before
+        # the main step (CompressAI: after it), a one-step lag behind the density that the
+        # quantiles track.
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(terms["loss"])
+        aux_optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(terms["loss"] + aux_loss)
         if self.clip_grad_norm:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.clip_grad_norm, gradient_clip_algorithm="norm"
             )
         optimizer.step()
-
         # The aux step goes to the wrapped torch optimiser: a LightningOptimizer's step()
         # would advance trainer.global_step a second time per batch, halving max_steps.
-        aux_loss = self.codec.aux_loss()
-        aux_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(aux_loss)
         aux_optimizer.optimizer.step()
 
         scheduler = self.lr_schedulers()
@@ -106,9 +122,18 @@ class CodecModule(L.LightningModule):
             scheduler.step()
 
         terms["aux_loss"] = aux_loss.detach()
+        terms = self._mean_over_ranks(terms)
         terms["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
         self._log_terms("train", terms, batch["image"].size(0), on_step=True, on_epoch=False)
-        return terms["loss"].detach()
+        return terms["loss"]
+
+    def _mean_over_ranks(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The terms averaged over the DDP ranks (the global batch) in one all-reduce."""
+        names = list(terms)
+        stacked = torch.stack([terms[name].detach().float() for name in names])
+        return dict(
+            zip(names, self.trainer.strategy.reduce(stacked, reduce_op="mean"), strict=True)
+        )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         terms = self._step_terms(batch["image"])
@@ -123,7 +148,7 @@ class CodecModule(L.LightningModule):
                 f"{stage}/{name}",
                 value.detach().float(),
                 prog_bar=name in shown,
-                sync_dist=stage != "train",
+                sync_dist=stage != "train",  # training terms come averaged over the ranks
                 batch_size=batch_size,
                 **kwargs,
             )

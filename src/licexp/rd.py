@@ -1,0 +1,252 @@
+"""RD curves and BD-rates of sweeps: ``python -m licexp.rd <sweep dir> [more dirs or JSON]``.
+
+Collects every finished training run under the given directories (a multirun folder, a single
+run, or ``logs/`` as a whole; see :mod:`licexp.evaluation.runs` for the grouping): one curve
+per backbone x quantiser (x any other override that differs between the runs). CompressAI-
+schema JSON files given as arguments join as curves of their own. For every curve it prints a
+table (lambda, bpp, PSNR, MS-SSIM, estimated bpp) and writes ``<out>/<curve>.json``; it draws
+``<out>/rd.png`` (PSNR-RGB and MS-SSIM in dB against bpp, anchors dashed) and prints BD-rate
+and BD-PSNR (:mod:`licexp.evaluation.bjontegaard`) of every curve against a reference curve,
+also written to ``<out>/bd.csv``.
+
+Anchors: CompressAI's pretrained ``mbt2018-mean`` and ``bmshj2018-hyperprior`` (MSE, Kodak)
+from ``../shared/data/anchors/kodak/`` when that folder exists, and any ``--anchor file.json``.
+Reference (``--reference NAME``, any curve or anchor): by default ``mbt2018-mean``, the
+published model of licexp's mean-scale backbone, when every run was evaluated on Kodak like
+the anchors; otherwise the first sweep curve by name, so that runs evaluated on other images
+are compared with each other and not with numbers measured on different images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from licexp.evaluation.bjontegaard import METHODS, bd_psnr, bd_rate
+from licexp.evaluation.metrics import ms_ssim_db
+from licexp.evaluation.plots import plot_rd
+from licexp.evaluation.results import (
+    RDCurve,
+    load_curve,
+    print_results_table,
+    save_curve,
+    write_per_image_csv,
+)
+from licexp.evaluation.runs import find_runs, group_runs
+
+KODAK_ANCHOR_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "anchors" / "kodak"
+DEFAULT_ANCHORS = (
+    "compressai-mbt2018-mean_mse_cpu.json",
+    "compressai-bmshj2018-hyperprior_mse_cpu.json",
+)
+KODAK = "Kodak"
+BD_COLUMNS = ("curve", "bd_rate_pct", "bd_psnr_db", "note")
+
+
+class InputError(ValueError):
+    """A problem with the command line's inputs, reported in one line with exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="licexp-rd",
+        description="RD curves, tables, CompressAI JSON and BD-rates of licexp sweeps.",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep or run dirs, curve JSON files")
+    parser.add_argument(
+        "--anchor", action="append", type=Path, default=[], help="an anchor curve JSON (repeat)"
+    )
+    parser.add_argument(
+        "--no-default-anchors", action="store_true", help="leave out CompressAI's Kodak anchors"
+    )
+    parser.add_argument(
+        "--reference",
+        help="curve or anchor the BD numbers are measured against (default: mbt2018-mean when "
+        "every run was evaluated on Kodak, else the first sweep curve by name)",
+    )
+    parser.add_argument(
+        "--method", choices=sorted(METHODS), default="pchip", help="BD interpolation"
+    )
+    parser.add_argument("--out", type=Path, help="output folder (default: <first dir>/rd)")
+    return parser.parse_args(argv)
+
+
+def eval_set(curve: RDCurve) -> str | None:
+    """The images a curve was measured on, where it says (licexp curves and anchors)."""
+    return curve.metadata.get("licexp", {}).get("eval_set")
+
+
+def load_curves(paths: Sequence[Path], eval_set_name: str | None = None) -> list[RDCurve]:
+    """Reads CompressAI-schema files, noting ``eval_set_name`` as the images they were measured
+    on; raises :class:`InputError` naming an unreadable file."""
+    curves = []
+    for path in paths:
+        try:
+            curve = load_curve(path)
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read curve file {path}: {error}") from error
+        if not curve.bpp or len(curve.psnr) != len(curve.bpp):
+            raise InputError(f"curve file {path} has no bpp and PSNR-RGB points")
+        if eval_set_name and eval_set(curve) is None:
+            curve.metadata.setdefault("licexp", {})["eval_set"] = eval_set_name
+        curves.append(curve)
+    return curves
+
+
+def curve_rows(curve: RDCurve) -> list[dict[str, object]]:
+    """One table row per point of ``curve``."""
+    runs = curve.metadata.get("licexp", {}).get("runs", [])
+    columns = {
+        "lmbda": curve.extra.get("lmbda", []),
+        "bpp": curve.bpp,
+        "psnr": curve.psnr,
+        "ms_ssim": curve.ms_ssim,
+        "ms_ssim_db": [ms_ssim_db(v) for v in curve.ms_ssim],
+        "estimated_bpp": curve.extra.get("estimated_bpp", []),
+        "run": [shown_path(Path(run)) for run in runs],
+    }
+    return [
+        {key: values[i] for key, values in columns.items() if i < len(values)}
+        for i in range(len(curve))
+    ]
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    path = path.resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+def choose_reference(
+    name: str | None, curves: Sequence[RDCurve], anchors: Sequence[RDCurve]
+) -> RDCurve:
+    """The curve or anchor called ``name``; by default as the module docstring says."""
+    by_name = {curve.name: curve for curve in [*curves, *anchors]}
+    if name is None:
+        kodak_anchor = next((a for a in anchors if a.name == "mbt2018-mean"), None)
+        if kodak_anchor and all(eval_set(curve) == KODAK for curve in curves):
+            return kodak_anchor
+        return curves[0]
+    if name not in by_name:
+        raise InputError(
+            f"no curve named {name!r} for --reference; choose one of {sorted(by_name)}"
+        )
+    return by_name[name]
+
+
+def bd_row(reference: RDCurve, curve: RDCurve, method: str) -> dict[str, object]:
+    """BD-rate (%) and BD-PSNR (dB) of ``curve`` against ``reference``; reasons where undefined."""
+    row: dict[str, object] = dict.fromkeys(BD_COLUMNS) | {"curve": curve.name}
+    notes = []
+    for key, label, function in (
+        ("bd_rate_pct", "BD-rate", bd_rate),
+        ("bd_psnr_db", "BD-PSNR", bd_psnr),
+    ):
+        try:
+            row[key] = function(reference.bpp, reference.psnr, curve.bpp, curve.psnr, method)
+        except ValueError as error:
+            notes.append(f"{label}: {error}")
+    sets = {eval_set(reference), eval_set(curve)} - {None}
+    if len(sets) > 1:
+        notes.append(f"different images: {' vs '.join(sorted(sets))}")
+    row["note"] = "; ".join(notes)
+    return row
+
+
+def figure_title(curves: Sequence[RDCurve], anchors: Sequence[RDCurve]) -> str:
+    sets = sorted({eval_set(curve) or "unknown images" for curve in curves})
+    title = f"evaluated on {', '.join(sets)}"
+    if any(eval_set(a) == KODAK for a in anchors) and sets != [KODAK]:
+        title += "\ndashed anchors measured on Kodak, other images: compare shapes, not values"
+    return title
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^\w.=+-]+", "_", name).strip("_") or "curve"
+
+
+def collect_curves(paths: Sequence[Path], console: Console) -> list[RDCurve]:
+    """Sweep curves of the runs under the directories in ``paths``, then the JSON files."""
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        raise InputError(f"no such file or directory: {', '.join(missing)}")
+    dirs = [path for path in paths if path.is_dir()]
+    runs, skipped = find_runs(dirs)
+    for run in skipped:
+        console.print(f"[yellow]skipped[/] {escape(f'{run.path}: {run.reason}')}")
+    sweeps = group_runs(runs)
+    for sweep in sweeps:
+        for run in sweep.duplicates:
+            note = f"in {sweep.curve.name}: {run.path} ignored, a newer run has its lambda"
+            console.print(f"[yellow]duplicate lambda[/] {escape(note)}")
+    curves = [sweep.curve for sweep in sweeps] + load_curves([p for p in paths if p.is_file()])
+    if not curves:
+        raise InputError(
+            f"no finished runs under {', '.join(map(str, dirs))} (a run is a folder with "
+            ".hydra/config.yaml and eval/results.json)",
+            code=1,
+        )
+    return curves
+
+
+def collect_anchors(files: Sequence[Path], kodak_defaults: bool) -> list[RDCurve]:
+    anchors = []
+    if kodak_defaults and KODAK_ANCHOR_DIR.is_dir():
+        anchors = load_curves([KODAK_ANCHOR_DIR / name for name in DEFAULT_ANCHORS], KODAK)
+    return anchors + load_curves(files)
+
+
+def report(
+    curves: Sequence[RDCurve],
+    anchors: Sequence[RDCurve],
+    reference: RDCurve,
+    method: str,
+    out: Path,
+    console: Console,
+) -> None:
+    """Tables and JSON per curve, the RD figure, and the BD table against ``reference``."""
+    for curve in curves:
+        rows = curve_rows(curve)
+        title = f"{curve.name} (evaluated on {eval_set(curve) or 'images not stated'})"
+        print_results_table(rows, list(rows[0]), title, console=console)
+        save_curve(curve, out / f"{slug(curve.name)}.json")
+    plot_rd(curves, out / "rd.png", figure_title(curves, anchors), anchors=anchors)
+    others = [curve for curve in [*curves, *anchors] if curve is not reference]
+    rows = [bd_row(reference, curve, method) for curve in others]
+    title = (
+        f"BD against {reference.name} ({method}, over the overlapping range; "
+        "negative BD-rate: fewer bits at equal PSNR)"
+    )
+    print_results_table(rows, list(BD_COLUMNS), title, float_format=".3f", console=console)
+    write_per_image_csv([{"reference": reference.name, **row} for row in rows], out / "bd.csv")
+    console.print(f"curves, rd.png and bd.csv in {escape(str(out))}")
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """The command line; returns the exit status (1: no runs found, 2: bad input)."""
+    args = parse_args(argv)
+    console = console or Console(width=None if Console().is_terminal else 160)
+    try:
+        curves = collect_curves(args.paths, console)
+        anchors = collect_anchors(args.anchor, not args.no_default_anchors)
+        reference = choose_reference(args.reference, curves, anchors)
+    except InputError as error:
+        console.print(f"[red]error:[/] {escape(str(error))}")
+        return error.code
+    first_dir = next((path for path in args.paths if path.is_dir()), None)
+    out = args.out or (first_dir / "rd" if first_dir else Path("rd"))
+    report(curves, anchors, reference, args.method, out, console)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
