@@ -21,7 +21,7 @@ from licexp.quant.base import (
     LikelihoodFunction,
     QuantizationStrategy,
     QuantizedLatent,
-    straight_through_round,
+    straight_through_round_around,
     uniform_noise_like,
 )
 
@@ -33,8 +33,7 @@ class MixedQuantization(QuantizationStrategy):
         self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
         del likelihood_fn
-        if mean is None:
-            rounded = straight_through_round(coded)
-        else:
-            rounded = straight_through_round(coded - mean) + mean
-        return QuantizedLatent(rate_input=coded + uniform_noise_like(coded), decoder_input=rounded)
+        return QuantizedLatent(
+            rate_input=coded + uniform_noise_like(coded),
+            decoder_input=straight_through_round_around(coded, mean),
+        )
