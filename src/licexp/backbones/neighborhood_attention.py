@@ -149,7 +149,8 @@ def neighborhood_attention(
 
     ``bias_table`` is the ``(heads, 2k - 1, 2k - 1)`` relative position bias; queries are
     scaled by ``1 / sqrt(d)``. CUDA tensors use NATTEN when :func:`natten_operators` finds
-    it and ``use_natten`` is set; everything else runs :func:`tiled_neighborhood_attention`.
+    it, ``use_natten`` is set and ``k > 1`` (NATTEN's kernels start at 3); everything else
+    runs :func:`tiled_neighborhood_attention`.
     """
     height, width = queries.shape[2:4]
     if min(height, width) < kernel_size:
@@ -162,7 +163,7 @@ def neighborhood_attention(
             f"bias table of shape {tuple(bias_table.shape)} does not fit kernel {kernel_size}"
         )
     queries = queries * queries.size(-1) ** -0.5
-    operators = natten_operators() if use_natten and queries.is_cuda else None
+    operators = natten_operators() if use_natten and queries.is_cuda and kernel_size > 1 else None
     if operators is not None:
         natten_qk, natten_av = operators
         logits = natten_qk(queries, keys, kernel_size, 1, rpb=bias_table)
