@@ -10,9 +10,10 @@ Measures, on one device, in this process:
 2. one neighbourhood attention call (8 heads of 16 channels, 7x7 windows, batch 1, forward
    and backward) against dense masked attention at 64x64 and 128x128 maps: time and peak
    memory (CUDA: ``max_memory_allocated``; CPU: the peak resident set of a fresh child
-   process minus its resident set before the call, which reads 0 for calls smaller than
-   the peak of importing torch). Dense attention is skipped where its
-   ``(H W)^2`` weights alone would exceed ``--dense-limit-gib``;
+   process during the call, Linux's ``VmHWM`` reset just before it, minus its resident set
+   before the call). Dense attention is skipped where its
+   ``(H W)^2`` weights alone would exceed ``--dense-limit-gib`` (default: an eighth of the
+   device's memory, as the call holds about five such tensors at its peak);
 3. encoding and decoding a 768x512 image (Kodak's kodim01 when ../shared holds it, else a
    bundled photo padded to that size) with ``tiny_lic`` on real bitstreams (untrained
    weights: the rANS part of the time depends on the symbols, the networks' does not).
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import resource
+import os
 import statistics
 import sys
 import time
@@ -109,17 +110,23 @@ def attention_call(dense: bool, side: int, device: torch.device) -> Callable[[],
     return call
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
+def _status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def _peak_rss_child(dense: bool, side: int, queue: multiprocessing.Queue) -> None:
     torch.set_num_threads(1)
     call = attention_call(dense, side, torch.device("cpu"))
-    before = _resident_bytes()
+    before = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # resets the peak (VmHWM) to the current resident set
     call()
-    queue.put(max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before))
+    queue.put(max(0, _status_bytes("VmHWM") - before))
 
 
 def attention_peak_bytes(dense: bool, side: int, device: torch.device) -> int:
@@ -159,6 +166,12 @@ def attention_row(side: int, device: torch.device, dense_limit_gib: float, repea
     return f"| {side}x{side} | " + " | ".join(cells) + " |"
 
 
+def device_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**30
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
 def coding_image(quick: bool) -> tuple[str, torch.Tensor]:
     if quick:
         return "astronaut crop", load_photo("astronaut")[:, :256, :256]
@@ -194,10 +207,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dense-limit-gib", type=float, default=8.0)
+    parser.add_argument("--dense-limit-gib", type=float, default=None)
     parser.add_argument("--quick", action="store_true", help="toy sizes, writes nothing")
     args = parser.parse_args()
     device = torch.device(args.device)
+    dense_limit_gib = args.dense_limit_gib or device_memory_gib(device) / 8
     size, batch = 256, (1 if args.quick else 8)
     steps, warmup, repeats = (1, 0, 1) if args.quick else (args.steps, args.warmup, args.repeats)
     sides = (16, 32) if args.quick else (64, 128)
@@ -210,7 +224,7 @@ def main() -> None:
             f"| `{backbone}` | {median:.3f} | {min(times):.3f} | {max(times):.3f} | "
             f"{batch / median:.2f} |"
         )
-    attention_rows = [attention_row(side, device, args.dense_limit_gib, repeats) for side in sides]
+    attention_rows = [attention_row(side, device, dense_limit_gib, repeats) for side in sides]
     name, image = coding_image(args.quick)
     encoding, decoding, bpp = coding_times(args.quant, image, repeats, device)
 
