@@ -121,3 +121,21 @@ def test_wandb_group_is_the_sweep_directory_in_a_multirun_and_none_in_a_single_r
     sweep = ["logger=wandb", "hydra.mode=MULTIRUN", "hydra.sweep.dir=/sweeps/lambda_ladder"]
     assert compose_train(sweep).logger.wandb.group == "lambda_ladder"
     assert compose_train(["logger=wandb"]).logger.wandb.group is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "size"),
+    [
+        (["backbone=tiny_lic"], 256),  # its attention needs maps >= 7x7 at 1/16: crops of 256
+        (["backbone=tiny_lic_small"], 64),
+        (["backbone=mean_scale"], 64),
+        (["backbone=tiny_lic", "data=kodak"], 256),
+        (["backbone=tiny_lic", "train_crop_size=512"], 512),
+    ],
+)
+def test_the_backbone_sets_the_embedded_training_crop(overrides, size) -> None:
+    """``python -m licexp.train backbone=tiny_lic`` must train on the embedded data as is."""
+    cfg = compose_train(overrides)
+    assert cfg.data.train.size == size
+    codec = hydra.utils.instantiate(cfg.backbone, quantizer=hydra.utils.instantiate(cfg.quant))
+    assert size % codec.downsampling_factor == 0
