@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from licexp.backbones import MeanScaleHyperprior
+from licexp.backbones import MeanScaleHyperprior, TinyLIC
 from licexp.evaluation.codec import code_image, decode_container
 from licexp.quant import NoiseQuantization, StraightThroughQuantization
+from licexp.quant.soft_ste import SoftSTEQuantization
 from licexp.training import RateDistortionLoss
 
 pytestmark = [
@@ -31,3 +32,16 @@ def test_real_coding_on_cuda_decodes_bit_exactly(strategy) -> None:
     coding = code_image(codec, image)
     assert coding.decode_error == 0
     assert torch.equal(decode_container(codec, coding.container), coding.x_hat)
+
+
+def test_tiny_lic_trains_and_codes_bit_exactly_on_cuda() -> None:
+    """The neighbourhood attention and the nine-stage context model on a GPU."""
+    codec = TinyLIC(
+        N=32, M=64, depths=(1, 1, 1, 1), hyper_depths=(1, 1), quantizer=SoftSTEQuantization()
+    ).cuda()
+    x = torch.rand(2, 3, 256, 256, device="cuda")
+    RateDistortionLoss(0.01)(codec(x), x)["loss"].backward()
+    assert all(p.grad is not None for p in codec.g_a.parameters())
+    codec.eval().update(force=True)
+    coding = code_image(codec, torch.rand(3, 300, 400, device="cuda"))
+    assert coding.decode_error == 0
