@@ -31,8 +31,11 @@ lint: install
 	$(VENV)/bin/ruff check src tests benchmarks experiments
 	$(VENV)/bin/ruff format --check src tests benchmarks experiments
 
-bench: install  ## benchmarks; results go to BENCHMARKS.md
+bench: install  ## CPU benchmarks; each rewrites its section of BENCHMARKS.md (GPU: add --device cuda)
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/quant_cost.py
+	$(PY) benchmarks/ddp.py
+	$(PY) benchmarks/tiny_lic.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
