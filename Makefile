@@ -21,11 +21,15 @@ train: install  ## train the default model (override: make train ARGS="quant=ste
 eval: install  ## evaluate the last run on real bitstreams (ARGS="ckpt_path=... data=kodak")
 	$(PY) -m licexp.eval $(ARGS)
 
+# One intra-op thread per test process: the tests' tensors are small, and the DDP tests run
+# two processes at once (3m27s against 3m53s for the suite on 2 idle cores).
+TEST_ENV := OMP_NUM_THREADS=1
+
 test: install  ## the test suite (what CI runs)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: install  ## including the slow tests
-	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks experiments
