@@ -234,7 +234,7 @@ def main() -> None:
         hardware = f"{torch.cuda.get_device_name(device)}, {hardware}"
     command = (
         f".venv/bin/python benchmarks/tiny_lic.py --device {args.device} --quant {args.quant} "
-        f"--steps {args.steps} --repeats {args.repeats}"
+        f"--steps {args.steps} --warmup {args.warmup} --repeats {args.repeats}"
     )
     newline = "\n"
     body = f"""
