@@ -98,7 +98,9 @@ convolution); `ste_sn` is the spectral norm alone. One gap measurement is
 rate of the rounded latent and `lss_samples` extra decoder passes for the LSS; the
 callback runs it every `every_n_steps` training steps, so its overhead per step is its time
 over the interval and the step. Validation batches are re-run once with the training
-approximation for the gaps (not counted here).
+approximation for the gaps (not counted here). The strategies' extra work is small
+beside the convolutions, so their step ratios lie within this machine's run-to-run
+spread (10-30 %): read them as "no measurable cost", not as a ranking.
 
 Command: `{command}`
 """
