@@ -7,10 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from licexp.backbones import Bitstreams, CodecOutput, LearnedCodec
 from licexp.config import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -25,6 +27,20 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
         cfg = compose(config_name, overrides=overrides or [], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def code_and_decode(
+    codec: LearnedCodec, x: torch.Tensor
+) -> tuple[CodecOutput, Bitstreams, torch.Tensor]:
+    """The hard forward pass of ``x``, its real bitstreams and their decode (no gradients).
+
+    ``codec`` must be in eval mode with its CDFs updated.
+    """
+    with torch.no_grad():
+        reference = codec(x)
+        bitstreams = codec.compress(x)
+        decoded = codec.decompress(bitstreams)
+    return reference, bitstreams, decoded
 
 
 def option_names(group: str) -> list[str]:

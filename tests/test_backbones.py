@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import code_and_decode
 
 from licexp.backbones import LearnedCodec, MeanScaleHyperprior, ScaleHyperprior
 from licexp.quant import NoiseQuantization, QuantizationStrategy, StraightThroughQuantization
@@ -55,10 +56,7 @@ def test_real_bitstream_decodes_to_the_hard_quantised_forward_pass(backbone, str
     codec = tiny(backbone, strategy()).eval()
     codec.update(force=True)
     x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        reference = codec(x)
-        bitstreams = codec.compress(x)
-        decoded = codec.decompress(bitstreams)
+    reference, bitstreams, decoded = code_and_decode(codec, x)
     assert set(bitstreams.strings) == {"y", "z"}
     assert all(len(strings) == 2 for strings in bitstreams.strings.values())
     assert torch.equal(decoded, reference.x_hat)

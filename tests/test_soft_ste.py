@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 import pytest
 import torch
-from helpers import CONF_DIR
+from helpers import CONF_DIR, code_and_decode
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -223,9 +223,7 @@ def test_real_bitstream_decodes_to_the_hard_quantised_forward_pass(
     codec.eval()
     codec.update(force=True)
     x = torch.rand(2, 3, 64, 64)
-    with torch.no_grad():
-        reference = codec(x)
-        decoded = codec.decompress(codec.compress(x))
+    reference, _, decoded = code_and_decode(codec, x)
     assert torch.equal(decoded, reference.x_hat)
     means = reference.latents.get("means")
     y = reference.latents["y"]

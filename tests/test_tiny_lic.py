@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 import pytest
 import torch
-from helpers import SHARED_DIR, compose_train, option_names
+from helpers import SHARED_DIR, code_and_decode, compose_train, option_names
 
 from licexp.backbones import TinyLIC
 from licexp.backbones.multistage_context import (
@@ -186,10 +186,7 @@ def test_real_bitstreams_decode_bit_exactly_to_the_hard_forward_pass(quant) -> N
     codec = small_tiny_lic(quant).eval()
     codec.update(force=True)
     x = torch.rand(2, 3, 64, 128)
-    with torch.no_grad():
-        reference = codec(x)
-        bitstreams = codec.compress(x)
-        decoded = codec.decompress(bitstreams)
+    reference, bitstreams, decoded = code_and_decode(codec, x)
     assert set(bitstreams.strings) == {"y", "z"}
     assert all(len(strings) == 2 for strings in bitstreams.strings.values())
     assert torch.equal(decoded, reference.x_hat)
