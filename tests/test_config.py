@@ -9,6 +9,7 @@ import torch
 from helpers import compose_train, option_names
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from licexp.backbones import LearnedCodec
 from licexp.config import instantiate_collection
@@ -115,6 +116,18 @@ def test_lmbda_is_top_level_and_sweepable() -> None:
     cfg = compose_train(["lmbda=0.0018"])
     assert cfg.model.loss.lmbda == 0.0018
     assert cfg.run_name.endswith("lmbda0.0018")
+
+
+def test_wandb_mode_sets_lightnings_offline_flag_and_a_wrong_mode_names_the_choices() -> None:
+    offline = hydra.utils.instantiate(compose_train(["logger=wandb"]).logger.wandb)
+    online = hydra.utils.instantiate(
+        compose_train(["logger=wandb", "logger.wandb.mode=online"]).logger.wandb
+    )
+    assert (offline._offline, offline._wandb_init["mode"]) == (True, "offline")
+    assert (online._offline, online._wandb_init["mode"]) == (False, "online")
+    typo = compose_train(["logger=wandb", "logger.wandb.mode=onlin"]).logger.wandb
+    with pytest.raises(InterpolationResolutionError, match=r"wandb.mode must be one of.*'onlin'"):
+        hydra.utils.instantiate(typo)
 
 
 def test_wandb_group_is_the_sweep_directory_in_a_multirun_and_none_in_a_single_run() -> None:

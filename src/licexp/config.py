@@ -55,6 +55,22 @@ def sweep_name() -> str | None:
     return Path(HydraConfig.get().sweep.dir).name
 
 
+WANDB_MODES = ("offline", "online")
+
+
+def wandb_offline(mode: str) -> bool:
+    """Lightning's ``WandbLogger(offline=...)`` for a W&B ``mode`` (``logger.wandb.mode``).
+
+    Lightning's flag, not only wandb's own ``mode``, has to be set for an offline run: it
+    keeps the whole process off the network (see ``conf/logger/wandb.yaml``).
+    """
+    if mode not in WANDB_MODES:
+        raise ValueError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {mode!r}")
+    return mode == "offline"
+
+
 def register_resolvers() -> None:
-    """Registers licexp's config resolvers: ``${licexp.sweep:}`` (:func:`sweep_name`)."""
+    """Registers licexp's config resolvers: ``${licexp.sweep:}`` (:func:`sweep_name`) and
+    ``${licexp.wandb_offline:<mode>}`` (:func:`wandb_offline`)."""
     OmegaConf.register_new_resolver("licexp.sweep", sweep_name, replace=True)
+    OmegaConf.register_new_resolver("licexp.wandb_offline", wandb_offline, replace=True)
