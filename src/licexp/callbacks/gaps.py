@@ -31,6 +31,21 @@ LATENT_CODERS = (GaussianLatentCoder, HyperLatentCoder)
 """The modules whose train mode selects the quantisation approximation (any backbone)."""
 
 
+def log_gaps(module: CodecModule, stage: str, gaps: dict[str, Tensor], batch_size: int) -> None:
+    """Logs ``gaps`` as ``<stage>/gaps/<name>``: per step in training, per epoch otherwise,
+    averaged over the ranks."""
+    training = stage == "train"
+    for name, value in gaps.items():
+        module.log(
+            f"{stage}/gaps/{name}",
+            value,
+            on_step=training,
+            on_epoch=not training,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+
+
 @dataclass(frozen=True)
 class Histogram:
     """A histogram of one validation, over every rank's latents, and its saved figure."""
@@ -147,15 +162,7 @@ class GapMetrics(L.Callback):
         if module.last_step is None or (trainer.global_step - 1) % self.every_n_steps:
             return
         x, output = module.last_step
-        for name, value in self.measure(module, x, output).items():
-            module.log(
-                f"train/gaps/{name}",
-                value,
-                on_step=True,
-                on_epoch=False,
-                batch_size=x.size(0),
-                sync_dist=True,
-            )
+        log_gaps(module, "train", self.measure(module, x, output), x.size(0))
 
     @torch.no_grad()
     def on_validation_batch_end(
@@ -175,15 +182,7 @@ class GapMetrics(L.Callback):
             with training_quantisation(module.codec):
                 output = module.codec(x)
             gaps = self.measure(module, x, output)
-        for name, value in gaps.items():
-            module.log(
-                f"val/gaps/{name}",
-                value,
-                on_step=False,
-                on_epoch=True,
-                batch_size=x.size(0),
-                sync_dist=True,
-            )
+        log_gaps(module, "val", gaps, x.size(0))
         if sum(t.numel() for t in self._latents) < self.histogram_max_values:
             self._latents.append(output.latents["y"].flatten().cpu())
 
