@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 import torch
+from compressai.models.base import get_scale_table
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from licexp.backbones import Bitstreams, CodecOutput, LearnedCodec
+from licexp.backbones.latent_coders import SymbolTableConditional
 from licexp.config import register_resolvers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,13 @@ def code_and_decode(
         bitstreams = codec.compress(x)
         decoded = codec.decompress(bitstreams)
     return reference, bitstreams, decoded
+
+
+def gaussian_table_model() -> SymbolTableConditional:
+    """A Gaussian entropy model with CompressAI's 64-scale table, its CDF tables built."""
+    model = SymbolTableConditional()
+    model.update_scale_table(get_scale_table(), force=True)
+    return model
 
 
 def option_names(group: str) -> list[str]:

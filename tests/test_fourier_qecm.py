@@ -11,6 +11,7 @@ from helpers import CONF_DIR, code_and_decode
 from omegaconf import OmegaConf
 
 from licexp.backbones import LearnedCodec, MeanScaleHyperprior, ScaleHyperprior
+from licexp.quant import EntropyParameters
 from licexp.quant.fourier_qecm import FourierQECMQuantization, fourier_sawtooth, truncated_laplace
 from licexp.training import RateDistortionLoss
 
@@ -85,7 +86,7 @@ def test_coded_variable_and_training_path_follow_the_equations() -> None:
     y = torch.randn(2, 4, 3, 3) * 3
     y_qc = strategy.to_coded(y)
     assert torch.allclose(y_qc, y - fourier_sawtooth(y, 5))  # Eq. 10
-    quantized = strategy.quantize_train(y_qc, None, None)
+    quantized = strategy.quantize_train(y_qc, EntropyParameters(torch.ones_like(y_qc), None), None)
     u = quantized.rate_input - y_qc
     assert torch.equal(quantized.rate_input, quantized.decoder_input)
     assert u.min() >= -0.5 and u.max() < 0.5

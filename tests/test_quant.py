@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import gaussian_table_model
 
 from licexp.quant import (
+    EntropyParameters,
     NoiseQuantization,
     StraightThroughQuantization,
     straight_through_round,
 )
+
+GAUSSIAN = gaussian_table_model()
 
 
 def _unused_likelihood(value: torch.Tensor) -> torch.Tensor:
@@ -28,7 +32,9 @@ def test_straight_through_round_is_round_forward_and_identity_backward() -> None
 def test_ste_rounds_around_the_mean_for_rate_and_decoder_with_identity_gradient() -> None:
     y = torch.tensor([[0.2, 1.3, -2.6, 0.9]], requires_grad=True)
     mu = torch.tensor([[0.4, 0.0, -0.3, 0.45]])
-    q = StraightThroughQuantization().quantize_train(y, mu, _unused_likelihood)
+    q = StraightThroughQuantization().quantize_train(
+        y, EntropyParameters(torch.ones_like(y), mu), _unused_likelihood
+    )
     expected = torch.round(y.detach() - mu) + mu  # [0.4, 1.0, -2.3, 0.45]
     assert torch.allclose(q.decoder_input, expected)
     assert torch.equal(q.rate_input, q.decoder_input)
@@ -38,13 +44,17 @@ def test_ste_rounds_around_the_mean_for_rate_and_decoder_with_identity_gradient(
 
 def test_ste_without_mean_is_plain_rounding() -> None:
     y = torch.tensor([0.2, 1.6, -0.6])
-    q = StraightThroughQuantization().quantize_train(y, None, _unused_likelihood)
+    q = StraightThroughQuantization().quantize_train(
+        y, EntropyParameters(torch.ones_like(y), None), _unused_likelihood
+    )
     assert torch.equal(q.decoder_input, torch.tensor([0.0, 2.0, -1.0]))
 
 
 def test_noise_is_uniform_on_the_open_half_interval() -> None:
     y = torch.zeros(200_000)
-    q = NoiseQuantization().quantize_train(y, None, _unused_likelihood)
+    q = NoiseQuantization().quantize_train(
+        y, EntropyParameters(torch.ones_like(y), None), _unused_likelihood
+    )
     u = q.rate_input
     assert torch.equal(q.rate_input, q.decoder_input)
     assert u.min() >= -0.5 and u.max() < 0.5
@@ -59,7 +69,9 @@ def test_noise_is_uniform_on_the_open_half_interval() -> None:
 
 def test_noise_passes_gradient_unchanged() -> None:
     y = torch.randn(10, requires_grad=True)
-    NoiseQuantization().quantize_train(y, None, _unused_likelihood).rate_input.sum().backward()
+    NoiseQuantization().quantize_train(
+        y, EntropyParameters(torch.ones_like(y), None), _unused_likelihood
+    ).rate_input.sum().backward()
     assert torch.equal(y.grad, torch.ones(10))
 
 
@@ -70,13 +82,16 @@ def test_noise_passes_gradient_unchanged() -> None:
 def test_noise_inference_rounds_plainly_or_around_the_mean(
     round_around_mean: bool, expected: list[float]
 ) -> None:
-    y = torch.tensor([0.9, -1.4, 2.2])
-    mu = torch.tensor([0.3, 0.3, 0.3])
+    y = torch.tensor([[0.9, -1.4, 2.2]])
+    mu = torch.tensor([[0.3, 0.3, 0.3]])
     strategy = NoiseQuantization(round_around_mean=round_around_mean)
-    assert torch.allclose(strategy.quantize_hard(y, mu), torch.tensor(expected))
-    offset = strategy.coding_offset(mu)
-    symbols = strategy.quantize_hard(y, mu) - offset
-    assert torch.allclose(symbols, torch.round(symbols), atol=1e-6), "symbols are integers"
+    parameters = EntropyParameters(torch.ones_like(y), mu)
+    hard = strategy.symbol_coding.encode(y, parameters, GAUSSIAN)
+    assert torch.allclose(hard.reconstruction, torch.tensor([expected]))
+    offset = mu if round_around_mean else torch.round(mu)
+    assert torch.equal(hard.symbols, torch.round(hard.reconstruction - offset).int())
+    decoded = strategy.symbol_coding.decode(lambda indexes: hard.symbols, parameters, GAUSSIAN)
+    assert torch.equal(decoded, hard.reconstruction)
 
 
 def test_hyper_latent_follows_compressai_noise_for_rate_and_median_ste_for_decoder() -> None:

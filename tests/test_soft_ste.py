@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from licexp.backbones import LearnedCodec, MeanScaleHyperprior, ScaleHyperprior
 from licexp.backbones.hyperprior import gdn_synthesis
 from licexp.backbones.latent_coders import GaussianLatentCoder
+from licexp.quant import EntropyParameters
 from licexp.quant.soft_ste import (
     SoftSTEQuantization,
     rate_gradient_sign,
@@ -53,7 +54,9 @@ def test_decoder_sees_exactly_ste_with_identity_gradient(dequantization, with_me
     means = means if with_mean else None
     y.requires_grad_(True)
     strategy = SoftSTEQuantization(dequantization=dequantization)
-    q = strategy.quantize_train(y, means, gaussian_likelihood(scales, means))
+    q = strategy.quantize_train(
+        y, EntropyParameters(scales, means), gaussian_likelihood(scales, means)
+    )
     expected = torch.round(y.detach()) if means is None else torch.round(y.detach() - means) + means
     assert torch.equal(q.decoder_input, expected)
     assert y.grad is None, "the FGSM gradient must not reach the training graph's leaves"
@@ -69,7 +72,9 @@ def test_fgsm_perturbs_by_exactly_epsilon_where_the_rate_has_a_slope() -> None:
     y, means, scales = latent_and_model()
     y[0, 0] = means[0, 0]  # on the mode of the Gaussian: the rate is stationary there
     likelihood_fn = gaussian_likelihood(scales, means)
-    q = SoftSTEQuantization(dequantization="fgsm").quantize_train(y, means, likelihood_fn)
+    q = SoftSTEQuantization(dequantization="fgsm").quantize_train(
+        y, EntropyParameters(torch.ones_like(y), means), likelihood_fn
+    )
     xi = q.rate_input - q.decoder_input
     on_mode = q.decoder_input == means
     assert on_mode[0, 0].all() and (~on_mode).sum() > 100
@@ -80,7 +85,9 @@ def test_fgsm_perturbs_by_exactly_epsilon_where_the_rate_has_a_slope() -> None:
 def test_fgsm_direction_increases_the_rate() -> None:
     y, means, scales = latent_and_model()
     likelihood_fn = gaussian_likelihood(scales, means)
-    q = SoftSTEQuantization(dequantization="fgsm").quantize_train(y, means, likelihood_fn)
+    q = SoftSTEQuantization(dequantization="fgsm").quantize_train(
+        y, EntropyParameters(torch.ones_like(y), means), likelihood_fn
+    )
     y_hat = q.decoder_input
     xi = q.rate_input - y_hat
     up, here, down = (rate(likelihood_fn, v) for v in (y_hat + xi, y_hat, y_hat - xi))
@@ -108,7 +115,9 @@ def test_fgsm_works_without_grad() -> None:
 
 def test_uniform_dequantisation_stays_in_the_bin_and_gaussian_has_the_chosen_std() -> None:
     y = torch.zeros(100_000)
-    uniform = SoftSTEQuantization(dequantization="uniform").quantize_train(y, None, None)
+    uniform = SoftSTEQuantization(dequantization="uniform").quantize_train(
+        y, EntropyParameters(torch.ones_like(y), None), None
+    )
     u = uniform.rate_input - uniform.decoder_input
     assert u.min() >= -0.5 and u.max() < 0.5
     assert abs(u.var().item() - 1 / 12) < 0.002
@@ -117,7 +126,7 @@ def test_uniform_dequantisation_stays_in_the_bin_and_gaussian_has_the_chosen_std
     assert default.noise_scale == pytest.approx((1 / 12) ** 0.5)
     for scale in (default.noise_scale, 0.1):
         gaussian = SoftSTEQuantization(dequantization="gaussian", noise_scale=scale)
-        g = gaussian.quantize_train(y, None, None)
+        g = gaussian.quantize_train(y, EntropyParameters(torch.ones_like(y), None), None)
         xi = g.rate_input - g.decoder_input
         assert abs(xi.mean().item()) < 0.005
         assert xi.std().item() == pytest.approx(scale, rel=0.01)
@@ -125,7 +134,9 @@ def test_uniform_dequantisation_stays_in_the_bin_and_gaussian_has_the_chosen_std
 
 def test_none_is_plain_ste_for_rate_and_decoder() -> None:
     y, means, _ = latent_and_model()
-    q = SoftSTEQuantization(dequantization="none").quantize_train(y, means, None)
+    q = SoftSTEQuantization(dequantization="none").quantize_train(
+        y, EntropyParameters(torch.ones_like(y), means), None
+    )
     assert torch.equal(q.rate_input, q.decoder_input)
 
 

@@ -19,7 +19,7 @@ from licexp.backbones.tiny_lic import minimum_side, padding_multiple
 from licexp.data import PhotoSamples
 from licexp.data.images import load_rgb
 from licexp.evaluation.codec import code_image
-from licexp.quant import QuantizationStrategy
+from licexp.quant import EntropyParameters, QuantizationStrategy
 from licexp.training import RateDistortionLoss
 
 STRATEGIES = option_names("quant")
@@ -98,8 +98,8 @@ def test_entropy_parameters_of_a_stage_depend_on_earlier_stages_only() -> None:
     def parameters(latent: torch.Tensor) -> list[torch.Tensor]:
         seen: list[torch.Tensor] = []
 
-        def code_stage(stage: Stage, scales: torch.Tensor, means: torch.Tensor) -> torch.Tensor:
-            seen.append(torch.cat([scales, means]))
+        def code_stage(stage: Stage, parameters: EntropyParameters) -> torch.Tensor:
+            seen.append(torch.cat([parameters.scales, parameters.means]))
             return model.select(stage, latent)
 
         with torch.no_grad():
@@ -126,9 +126,9 @@ def entropy_parameters_from(codec: TinyLIC, z_hat: torch.Tensor, decoded: torch.
     """``(scales, means)`` of the context model when the decoder side has seen ``decoded``."""
     scales, means = [], []
 
-    def code_stage(stage: Stage, stage_scales: torch.Tensor, stage_means: torch.Tensor):
-        scales.append(stage_scales)
-        means.append(stage_means)
+    def code_stage(stage: Stage, parameters: EntropyParameters):
+        scales.append(parameters.scales)
+        means.append(parameters.means)
         return codec.context_model.select(stage, decoded)
 
     with torch.no_grad():

@@ -12,6 +12,7 @@ from torch import nn
 
 from licexp.backbones import LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
+from licexp.quant import QuantizationStrategy
 
 CONFIG_KEY = "licexp_config"
 CODEC_PREFIX = "codec."
@@ -40,8 +41,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def codec_from_checkpoint(path: str | Path) -> tuple[LearnedCodec, dict[str, Any]]:
-    """Rebuilds the backbone with its quantiser from a checkpoint; returns it and the config."""
+def codec_from_checkpoint(
+    path: str | Path, quantizer: QuantizationStrategy | None = None
+) -> tuple[LearnedCodec, dict[str, Any]]:
+    """Rebuilds the backbone with its quantiser from a checkpoint; returns it and the config.
+
+    With ``quantizer`` the weights are loaded into the model as trained and the codec then
+    codes with ``quantizer`` (:meth:`~licexp.backbones.LearnedCodec.replace_quantizer`).
+    The CDF tables are built for the strategy that codes.
+    """
     checkpoint = read_checkpoint(path)
     config = checkpoint[CONFIG_KEY]
     quantizer = hydra.utils.instantiate(config["quant"])
@@ -57,6 +65,9 @@ def codec_from_checkpoint(path: str | Path) -> tuple[LearnedCodec, dict[str, Any
         raise CheckpointError(
             f"checkpoint {path} does not match its backbone config: {error}"
         ) from error
+    if quantizer is not None:
+        codec.replace_quantizer(quantizer)
+    codec.update(force=True)
     return codec, config
 
 

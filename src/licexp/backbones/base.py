@@ -11,7 +11,8 @@ from compressai.models import CompressionModel
 from compressai.models.utils import update_registered_buffers
 from torch import Tensor, nn
 
-from licexp.quant import QuantizationStrategy
+from licexp.backbones.latent_coders import GaussianLatentCoder, HardLatent, SymbolTableConditional
+from licexp.quant import EntropyParameters, QuantizationStrategy
 
 
 @dataclass
@@ -58,6 +59,7 @@ class LearnedCodec(CompressionModel):
     """Input sides must be multiples of this; evaluation pads images to it."""
 
     quantizer: QuantizationStrategy
+    latent: GaussianLatentCoder
 
     def check_input(self, x: Tensor) -> None:
         """Raises a clear error unless ``x`` is ``[B, 3, H, W]`` with codable sides."""
@@ -76,6 +78,35 @@ class LearnedCodec(CompressionModel):
         """Registers the strategy and lets it wrap this codec's modules."""
         self.quantizer = quantizer
         quantizer.attach(self)
+
+    def replace_quantizer(self, quantizer: QuantizationStrategy) -> None:
+        """Codes with another strategy at inference, keeping the trained modules as they are.
+
+        The new strategy's :meth:`~QuantizationStrategy.attach` is not called: a trained
+        encoder keeps the parametrisation it was trained with (Soft-STE's spectral norm), and
+        wrapping it anew would change what it computes. Call ``update(force=True)`` next to
+        build the new strategy's CDF tables.
+        """
+        self.quantizer = quantizer
+
+    def update(
+        self, scale_table: Tensor | None = None, force: bool = False, update_quantiles: bool = False
+    ) -> bool:
+        """CompressAI's ``update``, building the CDF tables of the strategy's symbols."""
+        for module in self.modules():
+            if isinstance(module, SymbolTableConditional):
+                module.coding = self.quantizer.symbol_coding
+        return super().update(scale_table, force=force, update_quantiles=update_quantiles)
+
+    def hard_latent(self, latents: dict[str, Tensor]) -> HardLatent:
+        """The hard path of ``latents["y"]`` under the entropy parameters in ``latents``.
+
+        For a hyperprior this is the eval-mode forward pass's own hard latent; for a context
+        model it takes the parameters of the pass that made ``latents`` (in training, those
+        of the training approximation's contexts).
+        """
+        parameters = EntropyParameters(latents["scales"], latents.get("means"))
+        return self.latent.quantize_hard(latents["y"], parameters, self.quantizer)
 
     @abstractmethod
     def forward(self, x: Tensor) -> CodecOutput:

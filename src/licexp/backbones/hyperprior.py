@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec
 from licexp.backbones.latent_coders import GaussianLatentCoder, HyperLatentCoder
-from licexp.quant import QuantizationStrategy
+from licexp.quant import EntropyParameters, QuantizationStrategy
 
 
 def gdn_analysis(N: int, M: int) -> nn.Sequential:
@@ -47,7 +47,7 @@ class HyperpriorCodec(LearnedCodec):
         self.g_s = gdn_synthesis(N, M)
         self.h_a, self.h_s = self.hyper_transforms(N, M)
         self.hyper_latent = HyperLatentCoder(N)
-        self.latent = GaussianLatentCoder(centred_on_mean=quantizer.centred_on_mean)
+        self.latent = GaussianLatentCoder()
         self.attach_quantizer(quantizer)
 
     def hyper_transforms(self, N: int, M: int) -> tuple[nn.Module, nn.Module]:
@@ -56,8 +56,8 @@ class HyperpriorCodec(LearnedCodec):
     def hyper_analysis_input(self, y: Tensor) -> Tensor:
         return y
 
-    def entropy_parameters(self, hyper_output: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Returns ``(scales, means)``; ``means`` is ``None`` for a zero-mean model."""
+    def entropy_parameters(self, hyper_output: Tensor) -> EntropyParameters:
+        """The scales and means of ``y``; ``means`` is ``None`` for a zero-mean model."""
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> CodecOutput:
@@ -65,17 +65,17 @@ class HyperpriorCodec(LearnedCodec):
         y = self.g_a(x)
         z = self.h_a(self.hyper_analysis_input(y))
         z_coded = self.hyper_latent(z, self.quantizer)
-        scales, means = self.entropy_parameters(self.h_s(z_coded.decoder_input))
-        y_coded = self.latent(y, scales, means, self.quantizer)
+        parameters = self.entropy_parameters(self.h_s(z_coded.decoder_input))
+        y_coded = self.latent(y, parameters, self.quantizer)
         latents = {
             "y": y,
             "z": z,
             "y_hat": y_coded.decoder_input,
             "y_rate": y_coded.rate_input,
-            "scales": scales,
+            "scales": parameters.scales,
         }
-        if means is not None:
-            latents["means"] = means
+        if parameters.means is not None:
+            latents["means"] = parameters.means
         return CodecOutput(
             x_hat=self.synthesize(y_coded.decoder_input),
             likelihoods={"y": y_coded.likelihoods, "z": z_coded.likelihoods},
@@ -93,16 +93,16 @@ class HyperpriorCodec(LearnedCodec):
         y = self.g_a(x)
         z = self.h_a(self.hyper_analysis_input(y))
         z_strings, z_hat = self.hyper_latent.compress(z, self.quantizer)
-        scales, means = self.entropy_parameters(self.h_s(z_hat))
-        y_strings, _ = self.latent.compress(y, scales, means, self.quantizer)
+        parameters = self.entropy_parameters(self.h_s(z_hat))
+        y_strings, _ = self.latent.compress(y, parameters, self.quantizer)
         return Bitstreams({"z": z_strings, "y": y_strings}, latent_size=tuple(z.shape[-2:]))
 
     def decompress(self, bitstreams: Bitstreams) -> Tensor:
         z_hat = self.hyper_latent.decompress(
             bitstreams.strings["z"], bitstreams.latent_size, self.quantizer
         )
-        scales, means = self.entropy_parameters(self.h_s(z_hat))
-        y_hat = self.latent.decompress(bitstreams.strings["y"], scales, means, self.quantizer)
+        parameters = self.entropy_parameters(self.h_s(z_hat))
+        y_hat = self.latent.decompress(bitstreams.strings["y"], parameters, self.quantizer)
         return self.g_s(y_hat)
 
 
@@ -133,8 +133,8 @@ class ScaleHyperprior(HyperpriorCodec):
     def hyper_analysis_input(self, y: Tensor) -> Tensor:
         return y.abs()
 
-    def entropy_parameters(self, hyper_output: Tensor) -> tuple[Tensor, Tensor | None]:
-        return hyper_output, None
+    def entropy_parameters(self, hyper_output: Tensor) -> EntropyParameters:
+        return EntropyParameters(hyper_output)
 
 
 class MeanScaleHyperprior(HyperpriorCodec):
@@ -161,6 +161,6 @@ class MeanScaleHyperprior(HyperpriorCodec):
         )
         return h_a, h_s
 
-    def entropy_parameters(self, hyper_output: Tensor) -> tuple[Tensor, Tensor | None]:
+    def entropy_parameters(self, hyper_output: Tensor) -> EntropyParameters:
         scales, means = hyper_output.chunk(2, dim=1)
-        return scales, means
+        return EntropyParameters(scales, means)

@@ -2,7 +2,8 @@
 
 Small parts in the manner of CompressAI's ``latent_codecs``, with the quantiser passed in
 as an object rather than a string: a backbone composes them (a hyperprior uses one of
-each; a context model calls :class:`GaussianLatentCoder` once per stage).
+each; a context model calls :class:`GaussianLatentCoder` once per stage). The symbols are
+the strategy's (:mod:`licexp.quant.symbols`); these classes carry them to rANS and back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
+from licexp.backbones.staged_rans import StagedRansDecoder, StagedRansEncoder
 from licexp.quant import QuantizationStrategy
+from licexp.quant.symbols import (
+    CdfTables,
+    EntropyParameters,
+    ScalarSymbols,
+    SymbolCoding,
+    SymbolEncoding,
+    SymbolReader,
+)
 
 
 @dataclass
@@ -28,147 +38,175 @@ class CodedLatent:
     """Element-wise likelihoods (lower-bounded), ``bits = -log2(likelihoods)``."""
 
 
-class OffsetGaussianConditional(GaussianConditional):
-    """CompressAI's ``GaussianConditional`` with CDF tables for fractional mean offsets too.
+@dataclass
+class HardLatent:
+    """The hard path of one latent: the strategy's symbols and what the decoder sees."""
 
-    CompressAI codes ``round(y - mu)`` with tables indexed by the scale alone, which is
-    exact only when the symbol grid follows the mean. A strategy that rounds plainly,
-    ``y_hat = round(y)`` (Pan et al.'s "noise" at test time), codes ``s = round(y) -
-    round(mu)``, whose pmf ``Phi((s + 1/2 - d) / sigma) - Phi((s - 1/2 - d) / sigma)``
-    is centred on ``d = mu - round(mu)`` in ``[-1/2, 1/2]``. With ``offset_levels = L > 0``
-    the tables cover the scale table times ``L + 1`` offsets ``d_j = -1/2 + j / L``, and a
-    symbol uses the table of its scale and nearest offset: the rate then matches the
-    estimate up to the offset grid's resolution. ``L = 0`` keeps CompressAI's tables.
+    encoding: SymbolEncoding
+    decoder_input: Tensor
+    """``from_coded(reconstruction)``: the latent ``g_s`` and the contexts see."""
+
+
+class TableError(ValueError):
+    """CDF tables missing, or built for another strategy's symbols."""
+
+
+class SymbolTableConditional(GaussianConditional):
+    """CompressAI's ``GaussianConditional`` holding the CDF tables a symbol coding names.
+
+    ``update()`` (through ``codec.update(force=True)``) builds the tables of
+    :attr:`coding`, the strategy's :class:`~licexp.quant.symbols.SymbolCoding`, which the
+    codec sets from its strategy first; coding refuses tables built for another coding.
+    This class is the one place that calls CompressAI's private table and likelihood code
+    (``_likelihood``, ``_standardized_cumulative``, ``_standardized_quantile``,
+    ``_pmf_to_cdf`` and the table buffers; checked with compressai 1.2.8).
     """
 
-    def __init__(self, offset_levels: int = 0, **kwargs: float) -> None:
-        super().__init__(None, **kwargs)
-        if offset_levels < 0:
-            raise ValueError(f"offset_levels must be >= 0, got {offset_levels}")
-        self.offset_levels = offset_levels
+    def __init__(self, scale_bound: float = 0.11) -> None:
+        super().__init__(None, scale_bound=scale_bound)
+        self.coding: SymbolCoding = ScalarSymbols()
+        self.tables_built_for: SymbolCoding | None = None
 
-    def offset_grid(self) -> Tensor:
-        """The mean offsets ``d_j`` the tables are built for."""
-        if self.offset_levels == 0:
-            return torch.zeros(1)
-        return torch.linspace(-0.5, 0.5, self.offset_levels + 1)
+    @property
+    def num_scales(self) -> int:
+        return len(self.scale_table)
+
+    def scale_indexes(self, scales: Tensor) -> Tensor:
+        return self.build_indexes(scales)
+
+    def likelihood(self, values: Tensor, scales: Tensor, means: Tensor | None) -> Tensor:
+        likelihood = self._likelihood(values, scales, means)
+        if self.use_likelihood_bound:
+            likelihood = self.likelihood_lower_bound(likelihood)
+        return likelihood
+
+    def tail_multiplier(self) -> float:
+        return float(-self._standardized_quantile(self.tail_mass / 2))
+
+    def centred_tables(self) -> CdfTables:
+        reference = GaussianConditional(
+            self.scale_table.tolist(),
+            scale_bound=float(self.lower_bound_scale.bound),
+            tail_mass=self.tail_mass,
+        ).to(self.scale_table.device)
+        reference.update()
+        return CdfTables(reference.quantized_cdf, reference.cdf_length, reference.offset)
+
+    def interval_tables(
+        self, scales: Tensor, lower: Tensor, upper: Tensor, valid: Tensor, first: Tensor
+    ) -> CdfTables:
+        cumulative = self._standardized_cumulative
+        pmf = (cumulative(upper / scales[:, None]) - cumulative(lower / scales[:, None])) * valid
+        tail_mass = (1 - pmf.sum(dim=1, keepdim=True)).clamp_min(0)
+        lengths = valid.sum(dim=1).int()
+        cdf = self._pmf_to_cdf(pmf, tail_mass, lengths, int(lengths.max()))
+        return CdfTables(cdf, lengths + 2, first.int())
 
     def update(self) -> None:
-        if self.offset_levels == 0:
-            super().update()
-            return
-        multiplier = -self._standardized_quantile(self.tail_mass / 2)
-        offsets = self.offset_grid().to(self.scale_table.device)
-        scales = self.scale_table.repeat(len(offsets))
-        means = offsets.repeat_interleave(len(self.scale_table))
-        pmf_center = torch.ceil(scales * multiplier + 0.5).int()
-        pmf_length = 2 * pmf_center + 1
-        max_length = int(pmf_length.max())
-        samples = torch.arange(max_length, device=scales.device) - pmf_center[:, None]
-        centred = samples.float() - means[:, None]
-        upper = self._standardized_cumulative((centred + 0.5) / scales[:, None])
-        lower = self._standardized_cumulative((centred - 0.5) / scales[:, None])
-        pmf = (upper - lower) * (samples.abs() <= pmf_center[:, None])
-        tail_mass = (1 - pmf.sum(dim=1, keepdim=True)).clamp_min(0)
-        self._quantized_cdf = self._pmf_to_cdf(pmf, tail_mass, pmf_length, max_length)
-        self._offset = -pmf_center
-        self._cdf_length = pmf_length + 2
+        tables = self.coding.cdf_tables(self)
+        self._quantized_cdf = tables.cdf
+        self._cdf_length = tables.lengths
+        self._offset = tables.offsets
+        self.tables_built_for = self.coding
 
-    def build_offset_indexes(self, scales: Tensor, mean_offsets: Tensor | None) -> Tensor:
-        """Table index of every element from its scale and its mean offset ``d``."""
-        indexes = self.build_indexes(scales)
-        if mean_offsets is None:
-            return indexes
-        if self.offset_levels == 0:
-            if mean_offsets.abs().max() > 0:
-                raise ValueError(
-                    "symbols off the mean's grid need offset tables: build the backbone with "
-                    "a strategy whose centred_on_mean is False"
-                )
-            return indexes
-        position = torch.round((mean_offsets + 0.5) * self.offset_levels)
-        block = position.clamp(0, self.offset_levels).int()
-        return indexes + block * len(self.scale_table)
+    def tables_for(self, coding: SymbolCoding) -> CdfTables:
+        """The tables, after checking that they were built for ``coding``'s symbols."""
+        if self._quantized_cdf.numel() == 0 or self.tables_built_for is None:
+            raise TableError(
+                "the entropy model has no CDF tables for its strategy: run "
+                "codec.update(force=True) first"
+            )
+        if self.tables_built_for != coding:
+            raise TableError(
+                f"the CDF tables were built for {self.tables_built_for}, but the strategy codes "
+                f"with {coding}: run codec.update(force=True) after changing the strategy"
+            )
+        return CdfTables(self._quantized_cdf, self._cdf_length, self._offset)
 
 
 class GaussianLatentCoder(nn.Module):
     """Codes ``y`` with ``N(mu, sigma)`` convolved with ``U(-1/2, 1/2)`` (Balle et al., 2018).
 
-    The pmf of an integer-spaced value ``v`` is ``Phi((v - mu + 1/2) / sigma) -
-    Phi((v - mu - 1/2) / sigma)`` (CompressAI's ``GaussianConditional``), and the real
-    bitstream is produced by CompressAI's rANS coder over scale-indexed CDF tables
-    (:class:`OffsetGaussianConditional` when symbols are not centred on the mean).
+    ::
+
+        train:      v = to_coded(y) -> strategy.quantize_train -> likelihoods, from_coded
+        hard path:  v -> strategy.symbol_coding.encode -> symbols, reconstruction, likelihoods
+        decode:     rANS symbols -> strategy.symbol_coding.decode -> reconstruction
+
+    The hard path (:meth:`quantize_hard`) serves the eval-mode forward pass, ``compress``
+    and every context stage alike; the real bitstream is CompressAI's rANS over the
+    tables of :class:`SymbolTableConditional`.
     """
 
-    OFFSET_LEVELS = 16
-    """Resolution of the mean-offset grid for strategies not centred on the mean."""
-
-    def __init__(self, centred_on_mean: bool = True, scale_bound: float = 0.11) -> None:
+    def __init__(self, scale_bound: float = 0.11) -> None:
         super().__init__()
-        self.gaussian_conditional = OffsetGaussianConditional(
-            offset_levels=0 if centred_on_mean else self.OFFSET_LEVELS, scale_bound=scale_bound
-        )
+        self.gaussian_conditional = SymbolTableConditional(scale_bound=scale_bound)
 
     def likelihood(self, coded: Tensor, scales: Tensor, means: Tensor | None) -> Tensor:
         """Element-wise lower-bounded likelihood of ``coded`` under the Gaussian model."""
-        conditional = self.gaussian_conditional
-        likelihood = conditional._likelihood(coded, scales, means)
-        if conditional.use_likelihood_bound:
-            likelihood = conditional.likelihood_lower_bound(likelihood)
-        return likelihood
+        return self.gaussian_conditional.likelihood(coded, scales, means)
 
-    def _indexes(self, scales: Tensor, means: Tensor | None, offset: Tensor | None) -> Tensor:
-        mean_offsets = None if means is None or offset is None else means - offset
-        return self.gaussian_conditional.build_offset_indexes(scales, mean_offsets)
+    def quantize_hard(
+        self, latent: Tensor, parameters: EntropyParameters, quantizer: QuantizationStrategy
+    ) -> HardLatent:
+        """The strategy's symbols of ``latent`` and the decoder-side latent they decode to."""
+        encoding = quantizer.symbol_coding.encode(
+            quantizer.to_coded(latent), parameters, self.gaussian_conditional
+        )
+        return HardLatent(encoding, quantizer.from_coded(encoding.reconstruction, inference=True))
+
+    def decode(
+        self, read: SymbolReader, parameters: EntropyParameters, quantizer: QuantizationStrategy
+    ) -> Tensor:
+        """The decoder-side latent from the symbols ``read`` returns."""
+        coded = quantizer.symbol_coding.decode(read, parameters, self.gaussian_conditional)
+        return quantizer.from_coded(coded, inference=True)
+
+    def tables_for(self, quantizer: QuantizationStrategy) -> CdfTables:
+        """The CDF tables of the strategy's symbols (checked, see :class:`TableError`)."""
+        return self.gaussian_conditional.tables_for(quantizer.symbol_coding)
 
     def forward(
-        self, latent: Tensor, scales: Tensor, means: Tensor | None, quantizer: QuantizationStrategy
+        self, latent: Tensor, parameters: EntropyParameters, quantizer: QuantizationStrategy
     ) -> CodedLatent:
         """Training approximation in train mode, hard quantisation in eval mode."""
-        coded = quantizer.to_coded(latent)
         if self.training:
+            coded = quantizer.to_coded(latent)
 
             def likelihood_fn(value: Tensor) -> Tensor:
-                return self.likelihood(value, scales, means)
+                return self.likelihood(value, parameters.scales, parameters.means)
 
-            quantized = quantizer.quantize_train(coded, means, likelihood_fn)
+            quantized = quantizer.quantize_train(coded, parameters, likelihood_fn)
+            likelihoods = quantized.likelihoods
+            if likelihoods is None:
+                likelihoods = likelihood_fn(quantized.rate_input)
             return CodedLatent(
                 decoder_input=quantizer.from_coded(quantized.decoder_input, inference=False),
                 rate_input=quantized.rate_input,
-                likelihoods=self.likelihood(quantized.rate_input, scales, means),
+                likelihoods=likelihoods,
             )
-        coded_hat = quantizer.quantize_hard(coded, means)
+        hard = self.quantize_hard(latent, parameters, quantizer)
         return CodedLatent(
-            decoder_input=quantizer.from_coded(coded_hat, inference=True),
-            rate_input=coded_hat,
-            likelihoods=self.likelihood(coded_hat, scales, means),
+            decoder_input=hard.decoder_input,
+            rate_input=hard.encoding.reconstruction,
+            likelihoods=hard.encoding.likelihoods,
         )
 
     def compress(
-        self, latent: Tensor, scales: Tensor, means: Tensor | None, quantizer: QuantizationStrategy
+        self, latent: Tensor, parameters: EntropyParameters, quantizer: QuantizationStrategy
     ) -> tuple[list[bytes], Tensor]:
-        """rANS-codes the symbols ``round(v - offset)``; returns the strings and ``y_hat``."""
-        coded = quantizer.to_coded(latent)
-        offset = quantizer.coding_offset(means)
-        indexes = self._indexes(scales, means, offset)
-        strings = self.gaussian_conditional.compress(coded, indexes, means=offset)
-        coded_hat = quantizer.quantize_hard(coded, means)
-        return strings, quantizer.from_coded(coded_hat, inference=True)
+        """rANS-codes the strategy's symbols; returns the strings and ``y_hat``."""
+        encoder = StagedRansEncoder(self.tables_for(quantizer), batch_size=latent.size(0))
+        hard = self.quantize_hard(latent, parameters, quantizer)
+        encoder.write(hard.encoding)
+        return encoder.flush(), hard.decoder_input
 
     def decompress(
-        self,
-        strings: list[bytes],
-        scales: Tensor,
-        means: Tensor | None,
-        quantizer: QuantizationStrategy,
+        self, strings: list[bytes], parameters: EntropyParameters, quantizer: QuantizationStrategy
     ) -> Tensor:
-        """Decodes the symbols and returns ``y_hat = from_coded(symbols + offset)``."""
-        offset = quantizer.coding_offset(means)
-        indexes = self._indexes(scales, means, offset)
-        coded_hat = self.gaussian_conditional.decompress(
-            strings, indexes, dtype=scales.dtype, means=offset
-        )
-        return quantizer.from_coded(coded_hat, inference=True)
+        """Decodes ``y_hat`` from its strings."""
+        decoder = StagedRansDecoder(self.tables_for(quantizer), strings)
+        return self.decode(decoder.read, parameters, quantizer)
 
 
 def _channels_first(x: Tensor) -> Tensor:

@@ -39,6 +39,8 @@ import torch
 from compressai.models.utils import conv
 from torch import Tensor, nn
 
+from licexp.quant import EntropyParameters
+
 PLANES = ((0, 0), (0, 1), (1, 0), (1, 1))
 """The parity planes ``(row mod 2, col mod 2)``; a plane is named by its index here."""
 
@@ -139,8 +141,8 @@ def entropy_parameter_head(
     return nn.Sequential(*layers)
 
 
-StageCoder = Callable[[Stage, Tensor, Tensor], Tensor]
-"""``code_stage(stage, scales, means) -> decoded``: quantises (or codes, or decodes) the
+StageCoder = Callable[[Stage, EntropyParameters], Tensor]
+"""``code_stage(stage, parameters) -> decoded``: quantises (or codes, or decodes) the
 positions of ``stage`` given their entropy parameters, all shaped ``(B, s, n, H/2, W/2)``
 for the ``n`` planes of the step, and returns the values the decoder side sees there."""
 
@@ -226,7 +228,7 @@ class MultistageContextModel(nn.Module):
                 scales, means = (
                     to_planes(p)[:, :, list(stage.planes)] for p in parameters.chunk(2, 1)
                 )
-                values = code_stage(stage, scales, means)
+                values = code_stage(stage, EntropyParameters(scales, means))
                 for plane, plane_values in zip(stage.planes, values.unbind(2), strict=True):
                     planes[plane] = plane_values
             decoded_slices.append(from_planes(torch.stack(planes, 2)))

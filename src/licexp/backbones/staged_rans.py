@@ -1,13 +1,17 @@
-"""One rANS string per image for a latent coded in sequential stages (a context model).
+"""Pipes between a strategy's symbols and CompressAI's rANS coder: one string per image.
 
-A context model learns the entropy parameters of a stage only after decoding the earlier
-stages, so its symbols are produced stage by stage. Rather than one string per stage
-(each with its own flushed coder state and container entry, about 15 bytes, which is 2 %
-of a Kodak image at 0.1 bpp over nine stages), the symbols of all stages go into one
-CompressAI ``BufferedRansEncoder`` per image and are read back stage by stage from one
-``RansDecoder``, as in the Tiny-LIC release. Symbols, CDF tables and the reconstruction
-are those of :class:`~licexp.backbones.latent_coders.GaussianLatentCoder` (with its
-offset tables when the strategy does not round around the mean).
+A latent is written once (a hyperprior) or in sequential stages (a context model learns a
+stage's entropy parameters only after decoding the earlier ones): every
+:meth:`StagedRansEncoder.write` appends one :class:`~licexp.quant.symbols.SymbolEncoding`
+to each image's ``BufferedRansEncoder``, and :meth:`StagedRansDecoder.read` decodes the
+next symbols of each image's stream, as often as the strategy asks (CompressAI's
+``RansDecoder.set_stream`` / ``decode_stream``). One string per image rather than one per
+stage saves each stage's flushed coder state and container entry (about 15 bytes, 2 % of
+a Kodak image at 0.1 bpp over nine stages), as in the Tiny-LIC release.
+
+One ``encode_with_indexes`` on a ``BufferedRansEncoder`` then ``flush`` writes the bytes
+of CompressAI's ``RansEncoder.encode_with_indexes``, so a latent written once is coded as
+CompressAI's own ``GaussianConditional.compress`` codes it.
 """
 
 from __future__ import annotations
@@ -16,92 +20,68 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
-from licexp.backbones.latent_coders import GaussianLatentCoder, OffsetGaussianConditional
-from licexp.quant import QuantizationStrategy
-
-
-def _tables(conditional: OffsetGaussianConditional) -> tuple[list, list[int], list[int]]:
-    """The quantised CDFs, their lengths and offsets, as the rANS coder takes them."""
-    if conditional.quantized_cdf.numel() == 0:
-        raise ValueError("the entropy model has no CDF tables: run codec.update(force=True) first")
-    return (
-        conditional.quantized_cdf.tolist(),
-        conditional.cdf_length.reshape(-1).int().tolist(),
-        conditional.offset.reshape(-1).int().tolist(),
-    )
-
-
-def _indexes(
-    conditional: OffsetGaussianConditional,
-    scales: Tensor,
-    means: Tensor | None,
-    offset: Tensor | None,
-) -> Tensor:
-    """The CDF table of every symbol, from its scale and (offset tables) its mean offset."""
-    mean_offsets = None if means is None or offset is None else means - offset
-    return conditional.build_offset_indexes(scales, mean_offsets)
+from licexp.quant.symbols import CdfTables, SymbolEncoding
 
 
 class StagedRansEncoder:
-    """Collects the symbols ``round(v - offset)`` of every stage into one string per image."""
+    """Collects the symbols of every write into one rANS string per image."""
 
-    def __init__(
-        self, coder: GaussianLatentCoder, quantizer: QuantizationStrategy, batch_size: int
-    ) -> None:
-        self.conditional = coder.gaussian_conditional
-        self.quantizer = quantizer
-        self.tables = _tables(self.conditional)
+    def __init__(self, tables: CdfTables, batch_size: int) -> None:
+        self.tables = (tables.cdf.tolist(), tables.lengths.tolist(), tables.offsets.tolist())
         self.encoders = [BufferedRansEncoder() for _ in range(batch_size)]
 
-    def encode(self, latent: Tensor, scales: Tensor, means: Tensor | None) -> Tensor:
-        """Queues one stage's symbols; returns its decoder-side ``y_hat`` (as the hard pass)."""
-        quantizer = self.quantizer
-        coded = quantizer.to_coded(latent)
-        offset = quantizer.coding_offset(means)
-        indexes = _indexes(self.conditional, scales, means, offset)
-        symbols = self.conditional.quantize(coded, "symbols", offset)
-        for encoder, item_symbols, item_indexes in zip(
-            self.encoders, symbols, indexes, strict=True
-        ):
-            encoder.encode_with_indexes(
-                item_symbols.reshape(-1).tolist(), item_indexes.reshape(-1).tolist(), *self.tables
+    def write(self, encoding: SymbolEncoding) -> None:
+        """Queues the symbols of one latent (or stage), each image's in stream order."""
+        if encoding.symbols.size(0) != len(self.encoders):
+            raise ValueError(
+                f"{encoding.symbols.size(0)} images of symbols for {len(self.encoders)} streams"
             )
-        return quantizer.from_coded(quantizer.quantize_hard(coded, means), inference=True)
+        for encoder, symbols, indexes in zip(
+            self.encoders, encoding.symbols.cpu(), encoding.indexes.cpu(), strict=True
+        ):
+            encoder.encode_with_indexes(symbols.tolist(), indexes.tolist(), *self.tables)
 
     def flush(self) -> list[bytes]:
-        """The strings, one per image, after the last stage."""
+        """The strings, one per image, after the last write."""
         return [encoder.flush() for encoder in self.encoders]
 
 
 class StagedRansDecoder:
-    """Reads the stages back in the order they were encoded."""
+    """Reads the symbols back from one string per image, in the order they were written.
 
-    def __init__(
-        self, coder: GaussianLatentCoder, quantizer: QuantizationStrategy, strings: list[bytes]
-    ) -> None:
-        self.conditional = coder.gaussian_conditional
-        self.quantizer = quantizer
-        self.tables = _tables(self.conditional)
+    Each :meth:`read` hands the coder only the tables its symbols name, trimmed to their
+    length: CompressAI converts the tables from Python lists on every call, so a strategy
+    that reads in many small steps (a trellis decoder) pays for what it uses only.
+    """
+
+    def __init__(self, tables: CdfTables, strings: list[bytes]) -> None:
+        lengths = tables.lengths.tolist()
+        self.rows = [row[:length] for row, length in zip(tables.cdf.tolist(), lengths, strict=True)]
+        self.lengths = lengths
+        self.offsets = tables.offsets.tolist()
         self.decoders = []
         for string in strings:
             decoder = RansDecoder()
             decoder.set_stream(string)
             self.decoders.append(decoder)
 
-    def decode(self, scales: Tensor, means: Tensor | None) -> Tensor:
-        """Decodes one stage: ``y_hat = from_coded(symbols + offset)``."""
-        if scales.size(0) != len(self.decoders):
-            raise ValueError(f"{len(self.decoders)} strings for a batch of {scales.size(0)}")
-        offset = self.quantizer.coding_offset(means)
-        indexes = _indexes(self.conditional, scales, means, offset)
-        symbols = torch.stack(
-            [
-                torch.tensor(
-                    decoder.decode_stream(item_indexes.reshape(-1).tolist(), *self.tables),
-                    dtype=torch.int32,
-                ).reshape(item_indexes.shape)
-                for decoder, item_indexes in zip(self.decoders, indexes, strict=True)
-            ]
-        ).to(scales.device)
-        coded_hat = self.conditional.dequantize(symbols, offset, scales.dtype)
-        return self.quantizer.from_coded(coded_hat, inference=True)
+    def read(self, indexes: Tensor) -> Tensor:
+        """The next ``indexes.size(1)`` symbols of each image, with those CDF tables."""
+        if indexes.dim() != 2 or indexes.size(0) != len(self.decoders):
+            raise ValueError(
+                f"{len(self.decoders)} streams, asked for indexes of shape {tuple(indexes.shape)}"
+            )
+        used, local = torch.unique(indexes.cpu(), return_inverse=True)
+        used = used.tolist()
+        if used and not 0 <= used[0] <= used[-1] < len(self.rows):
+            raise ValueError(f"CDF table indexes {used[0]}..{used[-1]} outside 0..{len(self.rows)}")
+        tables = (
+            [self.rows[t] for t in used],
+            [self.lengths[t] for t in used],
+            [self.offsets[t] for t in used],
+        )
+        symbols = [
+            decoder.decode_stream(item.tolist(), *tables)
+            for decoder, item in zip(self.decoders, local, strict=True)
+        ]
+        return torch.tensor(symbols, dtype=torch.int32).reshape(indexes.shape).to(indexes.device)

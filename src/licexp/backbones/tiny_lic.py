@@ -30,7 +30,7 @@ from licexp.backbones.latent_coders import CodedLatent, GaussianLatentCoder, Hyp
 from licexp.backbones.multistage_context import MultistageContextModel, Stage
 from licexp.backbones.neighborhood_attention import RNAB
 from licexp.backbones.staged_rans import StagedRansDecoder, StagedRansEncoder
-from licexp.quant import QuantizationStrategy
+from licexp.quant import EntropyParameters, QuantizationStrategy
 
 STRIDE_2_STAGES = 6
 """Stride-2 layers between the image and the hyper latent ``z`` (four in g_a, two in h_a)."""
@@ -90,8 +90,9 @@ class TinyLIC(LearnedCodec):
 
     Per stage of the context model the strategy quantises the stage's positions
     (:class:`~licexp.backbones.latent_coders.GaussianLatentCoder`), and the contexts of all
-    later stages read the strategy's *decoder-side* value of them, as ``g_s`` does:
-    ``round(y - mu) + mu`` in eval mode and on real bitstreams, and in training
+    later stages read the strategy's *decoder-side* value of them, as ``g_s`` does: its
+    hard path (``round(y - mu) + mu`` for the scalar strategies, the trellis reconstruction
+    for ``tcq``) in eval mode and on real bitstreams, and in training
 
     - noise: ``y + u``, ``u ~ U(-1/2, 1/2)`` (rate, decoder and contexts alike);
     - ste, soft_ste, ste_sn: ``STE(y - mu) + mu`` (soft_ste perturbs only the rate);
@@ -167,7 +168,7 @@ class TinyLIC(LearnedCodec):
         )
         self.context_model = MultistageContextModel(M, 2 * M, slices)
         self.hyper_latent = HyperLatentCoder(hyper_channels)
-        self.latent = GaussianLatentCoder(centred_on_mean=quantizer.centred_on_mean)
+        self.latent = GaussianLatentCoder()
         self.attach_quantizer(quantizer)
 
     def check_input(self, x: Tensor) -> None:
@@ -187,12 +188,12 @@ class TinyLIC(LearnedCodec):
         y = self.g_a(x)
         z = self.h_a(y)
         z_coded = self.hyper_latent(z, self.quantizer)
-        stages: list[tuple[CodedLatent, Tensor, Tensor]] = []
+        stages: list[tuple[CodedLatent, EntropyParameters]] = []
 
-        def code_stage(stage: Stage, scales: Tensor, means: Tensor) -> Tensor:
+        def code_stage(stage: Stage, parameters: EntropyParameters) -> Tensor:
             latent = self.context_model.select(stage, y)
-            coded = self.latent(latent, scales, means, self.quantizer)
-            stages.append((coded, scales, means))
+            coded = self.latent(latent, parameters, self.quantizer)
+            stages.append((coded, parameters))
             return coded.decoder_input
 
         y_hat = self.context_model.decode(self.h_s(z_coded.decoder_input), code_stage)
@@ -201,14 +202,14 @@ class TinyLIC(LearnedCodec):
             "y": y,
             "z": z,
             "y_hat": y_hat,
-            "y_rate": assemble([coded.rate_input for coded, _, _ in stages]),
-            "scales": assemble([scales for _, scales, _ in stages]),
-            "means": assemble([means for _, _, means in stages]),
+            "y_rate": assemble([coded.rate_input for coded, _ in stages]),
+            "scales": assemble([parameters.scales for _, parameters in stages]),
+            "means": assemble([parameters.means for _, parameters in stages]),
         }
         return CodecOutput(
             x_hat=self.synthesize(y_hat),
             likelihoods={
-                "y": assemble([coded.likelihoods for coded, _, _ in stages]),
+                "y": assemble([coded.likelihoods for coded, _ in stages]),
                 "z": z_coded.likelihoods,
             },
             latents=latents,
@@ -226,10 +227,13 @@ class TinyLIC(LearnedCodec):
         y = self.g_a(x)
         z = self.h_a(y)
         z_strings, z_hat = self.hyper_latent.compress(z, self.quantizer)
-        encoder = StagedRansEncoder(self.latent, self.quantizer, batch_size=x.size(0))
+        encoder = StagedRansEncoder(self.latent.tables_for(self.quantizer), batch_size=x.size(0))
 
-        def code_stage(stage: Stage, scales: Tensor, means: Tensor) -> Tensor:
-            return encoder.encode(self.context_model.select(stage, y), scales, means)
+        def code_stage(stage: Stage, parameters: EntropyParameters) -> Tensor:
+            latent = self.context_model.select(stage, y)
+            hard = self.latent.quantize_hard(latent, parameters, self.quantizer)
+            encoder.write(hard.encoding)
+            return hard.decoder_input
 
         self.context_model.decode(self.h_s(z_hat), code_stage)
         return Bitstreams({"z": z_strings, "y": encoder.flush()}, latent_size=tuple(z.shape[-2:]))
@@ -238,9 +242,9 @@ class TinyLIC(LearnedCodec):
         z_hat = self.hyper_latent.decompress(
             bitstreams.strings["z"], bitstreams.latent_size, self.quantizer
         )
-        decoder = StagedRansDecoder(self.latent, self.quantizer, bitstreams.strings["y"])
+        decoder = StagedRansDecoder(self.latent.tables_for(self.quantizer), bitstreams.strings["y"])
 
-        def code_stage(stage: Stage, scales: Tensor, means: Tensor) -> Tensor:
-            return decoder.decode(scales, means)
+        def code_stage(stage: Stage, parameters: EntropyParameters) -> Tensor:
+            return self.latent.decode(decoder.read, parameters, self.quantizer)
 
         return self.g_s(self.context_model.decode(self.h_s(z_hat), code_stage))

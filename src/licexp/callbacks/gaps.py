@@ -129,10 +129,10 @@ class GapMetrics(L.Callback):
 
     def measure(self, module: CodecModule, x: Tensor, output: CodecOutput) -> dict[str, Tensor]:
         """The gaps of one batch, given the codec's training-approximation output."""
-        codec, quantizer, latents = module.codec, module.codec.quantizer, output.latents
+        codec, latents = module.codec, output.latents
         means = latents.get("means")
-        rounded = quantizer.quantize_hard(quantizer.to_coded(latents["y"]), means)
-        hard = quantizer.from_coded(rounded, inference=True)
+        hard_latent = codec.hard_latent(latents)
+        rounded, hard = hard_latent.encoding.reconstruction, hard_latent.decoder_input
         num_pixels = x.size(0) * x.size(-2) * x.size(-1)
         y_hat, y_rate = latents["y_hat"], latents["y_rate"]
 
@@ -148,7 +148,7 @@ class GapMetrics(L.Callback):
                 rounded, means, latents["scales"], generator=self.generator
             ),
             "rate_gap_bits": rate_gap_bits(
-                output.likelihoods["y"], codec.latent_likelihood(rounded, latents), num_pixels
+                output.likelihoods["y"], hard_latent.encoding.likelihoods, num_pixels
             ),
             "lss": local_smoothness_score(
                 rd_loss, y_hat, self.lss_scale, self.lss_samples, generator=self.generator

@@ -4,20 +4,22 @@ from licexp.quant.base import (
     LikelihoodFunction,
     QuantizationStrategy,
     QuantizedLatent,
-    round_around,
     straight_through_round,
     uniform_noise_like,
 )
 from licexp.quant.noise import NoiseQuantization
 from licexp.quant.ste import StraightThroughQuantization
+from licexp.quant.symbols import EntropyParameters, ScalarSymbols, SymbolCoding
 
 __all__ = [
+    "EntropyParameters",
     "LikelihoodFunction",
     "NoiseQuantization",
     "QuantizationStrategy",
     "QuantizedLatent",
+    "ScalarSymbols",
     "StraightThroughQuantization",
-    "round_around",
+    "SymbolCoding",
     "straight_through_round",
     "uniform_noise_like",
 ]

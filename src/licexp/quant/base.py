@@ -1,15 +1,18 @@
 """The quantisation-strategy interface every backbone's latent coding calls.
 
-A strategy decides, for a latent ``y`` and its predicted mean ``mu`` (``None`` for a
-zero-mean model), three things:
+A strategy decides, for a latent ``y`` and its entropy parameters (``EntropyParameters``:
+the predicted scales and means, ``means=None`` for a zero-mean model), three things:
 
 1. **What the rate term sees** (``QuantizedLatent.rate_input``): the value at which the
-   entropy model's likelihood is evaluated in training.
+   entropy model's likelihood is evaluated in training (or the likelihoods themselves,
+   ``QuantizedLatent.likelihoods``, for a strategy with its own pmfs).
 2. **What the decoder sees** (``QuantizedLatent.decoder_input``): the value passed to
    ``g_s``, to ``h_s`` for the hyper latent, and to any context model.
-3. **What the hard inference path does**: the symbols are ``round(v - offset)`` with
-   ``offset = coding_offset(mu)`` and are decoded as ``symbols + offset``; this is the
-   value both the real bitstream and the hard-quantised forward pass reconstruct.
+3. **Its symbols** (``symbol_coding``, :mod:`licexp.quant.symbols`): how the hard
+   inference path turns the coded latent into rANS symbols, their CDF tables and the
+   reconstruction, and how the decoder rebuilds it; the real bitstream, the hard
+   forward pass, the estimated bpp and the gap metrics all go through it. The default is
+   scalar rounding around the mean, ``round(v - mu) + mu``.
 
 Strategies work on the *coded variable* ``v = to_coded(y)`` and map back with
 ``from_coded``. The three extension points later strategies need are part of the
@@ -39,6 +42,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from licexp.quant.symbols import EntropyParameters, ScalarSymbols, SymbolCoding
+
 LikelihoodFunction = Callable[[Tensor], Tensor]
 """Element-wise likelihood of a coded value under the entropy model (parameters fixed)."""
 
@@ -50,18 +55,14 @@ class QuantizedLatent(NamedTuple):
     """Coded-domain value at which the likelihood (the rate term) is evaluated."""
     decoder_input: Tensor
     """Coded-domain value handed on (through ``from_coded``) to the decoder side."""
+    likelihoods: Tensor | None = None
+    """The rate term's likelihoods, for a strategy whose pmfs are not the Gaussian's mass
+    over ``[v - 1/2, v + 1/2]``; ``None``: that mass at ``rate_input``."""
 
 
 def straight_through_round(x: Tensor) -> Tensor:
     """``round(x)`` in the forward pass with the identity gradient (Bengio et al., 2013)."""
     return x + (torch.round(x) - x).detach()
-
-
-def round_around(x: Tensor, offset: Tensor | None) -> Tensor:
-    """Hard quantisation ``round(x - offset) + offset`` (``round(x)`` without offset)."""
-    if offset is None:
-        return torch.round(x)
-    return torch.round(x - offset) + offset
 
 
 def straight_through_round_around(x: Tensor, offset: Tensor | None) -> Tensor:
@@ -85,10 +86,10 @@ def additive_uniform_noise(coded: Tensor) -> QuantizedLatent:
 class QuantizationStrategy(nn.Module, ABC):
     """How a latent is quantised in training and at inference (see the module docstring)."""
 
-    centred_on_mean: bool = True
-    """Whether ``coding_offset(mu) == mu``: the symbol grid follows the predicted mean. When
-    not, the coder needs CDF tables for fractional mean offsets as well (see
-    :class:`licexp.backbones.latent_coders.OffsetGaussianConditional`)."""
+    @property
+    def symbol_coding(self) -> SymbolCoding:
+        """The hard path's symbols: rounding around the predicted mean by default."""
+        return ScalarSymbols(centred=True)
 
     def attach(self, codec: nn.Module) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once by the backbone after construction; may wrap the codec's modules."""
@@ -107,16 +108,9 @@ class QuantizationStrategy(nn.Module, ABC):
         del inference
         return coded
 
-    def coding_offset(self, mean: Tensor | None) -> Tensor | None:
-        """Offset of the integer symbols: ``symbols = round(v - offset)``.
-
-        The default quantises around the predicted mean, ``round(v - mu) + mu``.
-        """
-        return mean
-
     @abstractmethod
     def quantize_train(
-        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+        self, coded: Tensor, parameters: EntropyParameters, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
         """Training-time approximation of quantising the conditionally coded latent."""
 
@@ -132,7 +126,3 @@ class QuantizationStrategy(nn.Module, ABC):
             rate_input=coded + uniform_noise_like(coded),
             decoder_input=straight_through_round(coded - median) + median,
         )
-
-    def quantize_hard(self, coded: Tensor, mean: Tensor | None) -> Tensor:
-        """Inference quantisation ``round(v - offset) + offset``: what the bitstream decodes to."""
-        return round_around(coded, self.coding_offset(mean))

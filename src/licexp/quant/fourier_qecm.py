@@ -37,6 +37,7 @@ from licexp.quant.base import (
     QuantizedLatent,
     additive_uniform_noise,
 )
+from licexp.quant.symbols import EntropyParameters
 
 
 def fourier_sawtooth(x: Tensor, harmonics: int = 5) -> Tensor:
@@ -174,10 +175,10 @@ class FourierQECMQuantization(QuantizationStrategy):
         return noise.to(coded.device)
 
     def quantize_train(
-        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+        self, coded: Tensor, parameters: EntropyParameters, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
         """``y_tilde_qc = y_qc + u``, ``u ~ U(-1/2, 1/2)``, for the rate and the decoder."""
-        del mean, likelihood_fn
+        del parameters, likelihood_fn
         return additive_uniform_noise(coded)
 
     def extra_repr(self) -> str:

@@ -24,16 +24,17 @@ from licexp.quant.base import (
     straight_through_round_around,
     uniform_noise_like,
 )
+from licexp.quant.symbols import EntropyParameters
 
 
 class MixedQuantization(QuantizationStrategy):
     """Rate on ``y + u``, decoder on ``STE(y - mu) + mu`` (plain ``STE(y)`` without a mean)."""
 
     def quantize_train(
-        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+        self, coded: Tensor, parameters: EntropyParameters, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
         del likelihood_fn
         return QuantizedLatent(
             rate_input=coded + uniform_noise_like(coded),
-            decoder_input=straight_through_round_around(coded, mean),
+            decoder_input=straight_through_round_around(coded, parameters.means),
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from licexp.quant.base import (
@@ -11,6 +10,7 @@ from licexp.quant.base import (
     QuantizedLatent,
     additive_uniform_noise,
 )
+from licexp.quant.symbols import EntropyParameters, ScalarSymbols
 
 
 class NoiseQuantization(QuantizationStrategy):
@@ -27,19 +27,14 @@ class NoiseQuantization(QuantizationStrategy):
         self.round_around_mean = round_around_mean
 
     @property
-    def centred_on_mean(self) -> bool:  # type: ignore[override]
-        return self.round_around_mean
+    def symbol_coding(self) -> ScalarSymbols:
+        return ScalarSymbols(centred=self.round_around_mean)
 
     def quantize_train(
-        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+        self, coded: Tensor, parameters: EntropyParameters, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
-        del mean, likelihood_fn
+        del parameters, likelihood_fn
         return additive_uniform_noise(coded)
-
-    def coding_offset(self, mean: Tensor | None) -> Tensor | None:
-        if mean is None or self.round_around_mean:
-            return mean
-        return torch.round(mean)
 
     def extra_repr(self) -> str:
         return f"round_around_mean={self.round_around_mean}"

@@ -36,6 +36,7 @@ from licexp.quant.base import (
     straight_through_round_around,
     uniform_noise_like,
 )
+from licexp.quant.symbols import EntropyParameters
 
 DEQUANTIZATIONS = ("none", "uniform", "gaussian", "fgsm")
 """The perturbations ``xi`` the rate term may see."""
@@ -142,9 +143,9 @@ class SoftSTEQuantization(QuantizationStrategy):
         spectral_normalize_convolutions(encoder)
 
     def quantize_train(
-        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+        self, coded: Tensor, parameters: EntropyParameters, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
-        y_hat = straight_through_round_around(coded, mean)
+        y_hat = straight_through_round_around(coded, parameters.means)
         if self.dequantization == "none":
             return QuantizedLatent(rate_input=y_hat, decoder_input=y_hat)
         xi = self.perturbation(y_hat, likelihood_fn)

@@ -10,6 +10,7 @@ from licexp.quant.base import (
     QuantizedLatent,
     straight_through_round_around,
 )
+from licexp.quant.symbols import EntropyParameters
 
 
 class StraightThroughQuantization(QuantizationStrategy):
@@ -19,8 +20,8 @@ class StraightThroughQuantization(QuantizationStrategy):
     """
 
     def quantize_train(
-        self, coded: Tensor, mean: Tensor | None, likelihood_fn: LikelihoodFunction
+        self, coded: Tensor, parameters: EntropyParameters, likelihood_fn: LikelihoodFunction
     ) -> QuantizedLatent:
         del likelihood_fn
-        rounded = straight_through_round_around(coded, mean)
+        rounded = straight_through_round_around(coded, parameters.means)
         return QuantizedLatent(rate_input=rounded, decoder_input=rounded)
