@@ -39,3 +39,10 @@ def test_a_batch_cannot_go_into_one_container() -> None:
     coded = CodedImage(Bitstreams({"y": [b"a", b"b"]}, (1, 1)), 64, 64)
     with pytest.raises(ValueError, match="one image"):
         pack(coded)
+
+
+def test_a_flipped_bit_in_a_payload_fails_its_checksum() -> None:
+    data = bytearray(pack(_coded()))
+    data[-40] ^= 0x10  # inside latent y's string
+    with pytest.raises(BitstreamError, match="'y' fails its CRC-32 check"):
+        unpack(bytes(data))

@@ -2,19 +2,22 @@
 
 Layout (all integers little-endian): magic ``b"LICX"``, format version (u8), image height
 and width (u16 each), latent height and width (u16 each), number of latents (u8), then per
-latent its name (u8 length + ASCII) and its string (u32 length + bytes). The header costs
-about 20 bytes, counted in the reported bpp like the payload.
+latent its name (u8 length + ASCII), its string (u32 length + bytes) and the CRC-32 of the
+string (u32). The header costs about 30 bytes, counted in the reported bpp like the
+payload. The checksums turn a damaged payload into a :class:`BitstreamError` before any
+symbol is decoded (an rANS decoder reads damaged bytes into arbitrary symbols otherwise).
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 
 from licexp.backbones import Bitstreams
 
 MAGIC = b"LICX"
-VERSION = 1
+VERSION = 2
 _HEADER = struct.Struct("<4sBHHHHB")
 
 
@@ -46,7 +49,9 @@ def pack(coded: CodedImage) -> bytes:
             )
         encoded_name = name.encode("ascii")
         parts.append(struct.pack("<B", len(encoded_name)) + encoded_name)
-        parts.append(struct.pack("<I", len(latent_strings[0])) + latent_strings[0])
+        string = latent_strings[0]
+        parts.append(struct.pack("<I", len(string)) + string)
+        parts.append(struct.pack("<I", zlib.crc32(string)))
     return b"".join(parts)
 
 
@@ -69,13 +74,20 @@ def unpack(data: bytes) -> CodedImage:
             position += name_length
             (length,) = struct.unpack_from("<I", data, position)
             position += 4
-            if position + length > len(data):
+            if position + length + 4 > len(data):
                 raise BitstreamError(
-                    f"latent {name!r} is truncated: needs {length} bytes, "
+                    f"latent {name!r} is truncated: needs {length} bytes and its checksum, "
                     f"{len(data) - position} left"
                 )
-            strings[name] = [data[position : position + length]]
+            string = data[position : position + length]
             position += length
+            (checksum,) = struct.unpack_from("<I", data, position)
+            position += 4
+            if zlib.crc32(string) != checksum:
+                raise BitstreamError(
+                    f"latent {name!r} fails its CRC-32 check: the bitstream is corrupt"
+                )
+            strings[name] = [string]
     except (struct.error, UnicodeDecodeError) as error:
         raise BitstreamError(f"corrupt bitstream header at byte {position}: {error}") from error
     if position != len(data):
