@@ -25,7 +25,7 @@ def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     return image.clamp(0, 1)[0]
 
 
-def train_toy_codec(steps: int = 300) -> MeanScaleHyperprior:
+def train_toy_codec(steps: int = 300, lmbda: float = 0.01) -> MeanScaleHyperprior:
     """A tiny mean-scale model trained briefly on dead leaves (seconds on a CPU)."""
     torch.manual_seed(0)
     codec = MeanScaleHyperprior(N=16, M=24, quantizer=NoiseQuantization())
@@ -34,7 +34,7 @@ def train_toy_codec(steps: int = 300) -> MeanScaleHyperprior:
     main = [p for n, p in codec.named_parameters() if not n.endswith(".quantiles")]
     aux = [p for n, p in codec.named_parameters() if n.endswith(".quantiles")]
     optimizer, aux_optimizer = torch.optim.Adam(main, 3e-3), torch.optim.Adam(aux, 1e-2)
-    loss_fn = RateDistortionLoss(lmbda=0.01)
+    loss_fn = RateDistortionLoss(lmbda=lmbda)
     for batch in loader:
         loss = loss_fn(codec(batch["image"]), batch["image"])["loss"]
         optimizer.zero_grad()

@@ -143,8 +143,8 @@ def decoder_side_value(quant: str, codec: TinyLIC, latents: dict[str, torch.Tens
         return torch.round(y - means) + means
     if quant == "fourier_qecm":  # v + s(v) of the noisy coded value v = y_qc + u
         return codec.quantizer.from_coded(y_rate, inference=False)
-    assert quant in ("noise", "noise_plus"), f"add the training value of {quant} here"
-    return y_rate
+    assert quant in ("noise", "noise_plus", "tcq"), f"add the training value of {quant} here"
+    return y_rate  # the noisy latent; for tcq the straight-through trellis reconstruction
 
 
 @pytest.mark.parametrize("quant", STRATEGIES)
@@ -160,9 +160,14 @@ def test_training_step_shapes_gradients_and_what_the_contexts_see(quant) -> None
         assert ((likelihoods > 0) & (likelihoods <= 1)).all()
     assert set(latents) == {"y", "z", "y_hat", "y_rate", "scales", "means"}
     assert all(latents[name].shape == (2, 24, 4, 8) for name in latents if name != "z")
-    assert torch.equal(codec.latent_likelihood(latents["y_rate"], latents), output.likelihoods["y"])
-    in_bin = 0.5 + (1 / 12 if quant == "soft_ste" else 0)  # FGSM steps 1/12 off STE(y)
-    assert (latents["y_rate"] - codec.quantizer.to_coded(latents["y"])).abs().max() <= in_bin
+    if quant == "tcq":  # its own pmfs; levels on the union grid around the mean, per stage
+        levels = (latents["y_rate"] - latents["means"]) / codec.quantizer.coding.step
+        assert torch.allclose(levels, torch.round(levels), atol=1e-4)
+    else:
+        rate = codec.latent_likelihood(latents["y_rate"], latents)
+        assert torch.equal(rate, output.likelihoods["y"])
+        in_bin = 0.5 + (1 / 12 if quant == "soft_ste" else 0)  # FGSM steps 1/12 off STE(y)
+        assert (latents["y_rate"] - codec.quantizer.to_coded(latents["y"])).abs().max() <= in_bin
 
     # The decoder side saw the strategy's training value, and so did every stage's context:
     # the entropy parameters are reproduced from y_hat, and not from the unquantised y.

@@ -1,0 +1,198 @@
+"""Trellis-coded (dependent) quantisation: two quantisers, a trellis and a Viterbi search.
+
+Dependent quantisation as in VVC (vvenc ``DepQuant.cpp``) and ECM, and as Borzechowski et
+al. (seed 003) apply it to a learned codec's latents. Two scalar quantisers share the step
+``Delta`` of their union; index ``k`` of a quantiser reconstructs (in units of ``Delta``)::
+
+    Q0:  2k              (the even multiples)
+    Q1:  2k - sgn(k)     (the odd multiples and zero)
+
+A trellis state selects the quantiser of the next element, and the parity of the chosen
+index selects the next state; every chain starts in state 0 (:class:`Trellis`):
+
+    4 states (VVC; Q0 in states 0, 1, Q1 in 2, 3), next state for k even / k odd:
+        0 -> 0 / 2    1 -> 2 / 0    2 -> 1 / 3    3 -> 3 / 1
+    8 states (ECM's TCQ_8STATES; Q0 in the even states, Q1 in the odd ones):
+        0 -> 0 / 2    1 -> 5 / 7    2 -> 1 / 3    3 -> 6 / 4
+        4 -> 2 / 0    5 -> 4 / 6    6 -> 3 / 1    7 -> 7 / 5
+
+The encoder (:func:`viterbi`) chooses the index sequence of each chain minimising
+``J = sum_t D_t + lambda * R_t`` over every path through the trellis, for all chains at
+once in vectorised torch (CPU or CUDA alike). Per element and state the candidates are
+zero and the ``2 n`` indices of the state's quantiser nearest to the target, ``n`` on each
+side (``neighbours``; VVC's choice is ``n = 1``: two levels around the target, plus zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Trellis:
+    """A dependent-quantisation trellis: the quantiser of each state and its successors."""
+
+    quantisers: tuple[int, ...]
+    """Quantiser (0: Q0, 1: Q1) used in each state."""
+    successors: tuple[tuple[int, int], ...]
+    """``(next state if k is even, next state if k is odd)`` of each state."""
+
+    @property
+    def num_states(self) -> int:
+        return len(self.quantisers)
+
+    @cached_property
+    def predecessors(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """For each state, the ``(state, parity)`` edges that lead into it."""
+        edges: list[list[tuple[int, int]]] = [[] for _ in self.quantisers]
+        for state, following in enumerate(self.successors):
+            for parity, target in enumerate(following):
+                edges[target].append((state, parity))
+        return tuple(tuple(e) for e in edges)
+
+    def quantiser_table(self, device: torch.device | None = None) -> Tensor:
+        return torch.tensor(self.quantisers, dtype=torch.long, device=device)
+
+    def successor_table(self, device: torch.device | None = None) -> Tensor:
+        """``[S, 2]``: the next state by state and parity."""
+        return torch.tensor(self.successors, dtype=torch.long, device=device)
+
+
+VVC_4_STATES = Trellis(quantisers=(0, 0, 1, 1), successors=((0, 2), (2, 0), (1, 3), (3, 1)))
+"""VVC's 4-state table (the constant 32040 of its decoder, REFERENCE.md)."""
+
+ECM_8_STATES = Trellis(
+    quantisers=(0, 1, 0, 1, 0, 1, 0, 1),
+    successors=((0, 2), (5, 7), (1, 3), (6, 4), (2, 0), (4, 6), (3, 1), (7, 5)),
+)
+"""ECM's 8-state table (``TCQ_8STATES``): quantiser ``state & 1``."""
+
+TRELLISES = {4: VVC_4_STATES, 8: ECM_8_STATES}
+
+
+def reconstruction_level(indices: Tensor, quantisers: Tensor | int) -> Tensor:
+    """``2k - sgn(k) q`` in units of the step: Q0 (``q = 0``) or Q1 (``q = 1``)."""
+    return (2 * indices - torch.sign(indices) * quantisers).float()
+
+
+def decision_cell(indices: Tensor, quantisers: Tensor | int) -> tuple[Tensor, Tensor]:
+    """The interval of index ``k``'s decision cell in its quantiser, in units of the step.
+
+    Its edges are the midpoints between ``k``'s level and its neighbours' in the same
+    quantiser: ``[2k - 1, 2k + 1]`` in Q0; in Q1 ``[-1/2, 1/2]`` for ``k = 0``, ``[1/2,
+    2]`` for ``k = 1``, ``[2k - 2, 2k]`` above, mirrored below zero.
+    """
+    level = reconstruction_level(indices, quantisers)
+    lower = (reconstruction_level(indices - 1, quantisers) + level) / 2
+    upper = (reconstruction_level(indices + 1, quantisers) + level) / 2
+    return lower, upper
+
+
+def candidate_indices(targets: Tensor, quantiser: int, neighbours: int = 1) -> Tensor:
+    """Zero and the ``2 n`` indices of ``quantiser`` around each target (in step units).
+
+    ``k* = u / 2`` in Q0 and ``(u + sgn(u)) / 2`` in Q1 inverts the levels; the window
+    ``floor(k*) - n + 1 .. floor(k*) + n`` holds the ``n`` nearest levels on each side of
+    ``u``. Returns ``[..., 2 n + 1]`` int64 (zero last; it may repeat a window index).
+    """
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be >= 1, got {neighbours}")
+    inverse = targets / 2 if quantiser == 0 else (targets + torch.sign(targets)) / 2
+    base = torch.floor(inverse).long()
+    window = torch.arange(1 - neighbours, neighbours + 1, device=targets.device)
+    around = base.unsqueeze(-1) + window
+    return torch.cat([around, torch.zeros_like(around[..., :1])], dim=-1)
+
+
+BranchCost = Callable[[Tensor, int], Tensor]
+"""``cost(indices [N, T, C], quantiser) -> J [N, T, C]``: the cost of coding each candidate
+index of each element with that quantiser (distortion plus lambda times its bits)."""
+
+
+@dataclass
+class TrellisPath:
+    """The Viterbi decision for ``N`` chains of ``T`` elements."""
+
+    indices: Tensor
+    """``int64 [N, T]``: the chosen index of each element."""
+    states: Tensor
+    """``int64 [N, T]``: the state each element was quantised in (its quantiser's state)."""
+    cost: Tensor
+    """``[N]``: the minimum total cost of each chain."""
+
+
+def viterbi(
+    targets: Tensor, branch_cost: BranchCost, trellis: Trellis, neighbours: int = 1
+) -> TrellisPath:
+    """The minimum-cost index sequence of every chain (rows of ``targets``, in step units).
+
+    Per element, quantiser and parity the cheapest candidate (:func:`candidate_indices`)
+    is the only edge worth keeping, since both edges of a state with one parity lead to
+    the same successor; the trellis then has two edges into every state, and the dynamic
+    programme keeps the cheaper of the two per state and element. Ties go to the first
+    candidate. Memory: ``O(N T S)`` bytes of decisions for ``S`` states.
+    """
+    if targets.dim() != 2:
+        raise ValueError(f"targets must be [chains, length], got {tuple(targets.shape)}")
+    chains, length = targets.shape
+    device = targets.device
+    best_cost = targets.new_empty(chains, length, 2, 2)
+    best_index = torch.empty(chains, length, 2, 2, dtype=torch.long, device=device)
+    for quantiser in (0, 1):
+        candidates = candidate_indices(targets, quantiser, neighbours)
+        cost = branch_cost(candidates, quantiser)
+        parity = torch.remainder(candidates, 2)
+        for odd in (0, 1):
+            masked = cost.masked_fill(parity != odd, torch.inf)
+            value, choice = masked.min(dim=-1)
+            best_cost[:, :, quantiser, odd] = value
+            best_index[:, :, quantiser, odd] = candidates.gather(-1, choice.unsqueeze(-1))[..., 0]
+
+    edges = torch.tensor(trellis.predecessors, dtype=torch.long, device=device)  # [S, 2, 2]
+    from_state, parity = edges[..., 0], edges[..., 1]
+    quantiser_of = trellis.quantiser_table(device)
+    edge_quantiser = quantiser_of[from_state]
+    cost = targets.new_full((chains, trellis.num_states), torch.inf)
+    cost[:, 0] = 0
+    decisions = torch.empty(length, chains, trellis.num_states, dtype=torch.bool, device=device)
+    for t in range(length):
+        step_cost = best_cost[:, t][:, edge_quantiser, parity]  # [N, S, 2]
+        cost, decision = (cost[:, from_state] + step_cost).min(dim=-1)
+        decisions[t] = decision.bool()
+
+    total, state = cost.min(dim=-1)
+    indices = torch.empty(chains, length, dtype=torch.long, device=device)
+    states = torch.empty_like(indices)
+    rows = torch.arange(chains, device=device)
+    for t in reversed(range(length)):
+        edge = decisions[t, rows, state].long()
+        previous, odd = from_state[state, edge], parity[state, edge]
+        indices[:, t] = best_index[rows, t, quantiser_of[previous], odd]
+        states[:, t] = previous
+        state = previous
+    return TrellisPath(indices, states, total)
+
+
+SCALE_BOUND = 0.11
+"""Smallest scale of the rate model (CompressAI's ``GaussianConditional`` default)."""
+LIKELIHOOD_BOUND = 1e-9
+"""Smallest probability of the rate model (CompressAI's default likelihood bound)."""
+
+
+def gaussian_cell_mass(lower: Tensor, upper: Tensor, scales: Tensor) -> Tensor:
+    """The mass of ``N(0, sigma)`` over ``[lower, upper]``, at least :data:`LIKELIHOOD_BOUND`.
+
+    ``sigma`` is bounded below by :data:`SCALE_BOUND`. A cell right of zero is mirrored to
+    the left, where ``Phi`` has no cancellation (as CompressAI computes its likelihoods).
+    """
+    scales = scales.clamp_min(SCALE_BOUND)
+    mirror = lower + upper > 0
+    low = torch.where(mirror, -upper, lower)
+    high = torch.where(mirror, -lower, upper)
+    mass = torch.special.ndtr(high / scales) - torch.special.ndtr(low / scales)
+    return mass.clamp_min(LIKELIHOOD_BOUND)
