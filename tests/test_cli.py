@@ -106,6 +106,32 @@ def test_eval_cli_decodes_a_checkpoint_on_real_bitstreams(smoke_run, tmp_path) -
     assert "real bitstreams" in result.stdout
 
 
+def test_eval_cli_codes_a_checkpoint_with_another_strategy(smoke_run, tmp_path) -> None:
+    """The noise-trained smoke model, coded with TCQ at inference: its own bitstreams."""
+    run_dir, _ = smoke_run
+    outputs = {}
+    for quant in ("tcq", "tcqq"):
+        outputs[quant] = run(
+            "licexp.eval",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            f"quant={quant}",
+            "quant.states=4",
+            "data.test.names=[chelsea]",
+            "data.test.crop_size=128",
+            "anchors=[]",
+            f"hydra.run.dir={tmp_path / quant}",
+            check=quant == "tcq",
+        )
+    with open(tmp_path / "tcq" / "per_image.csv") as file:
+        (row,) = list(csv.DictReader(file))
+    assert float(row["decode_error"]) == 0
+    results = json.loads((tmp_path / "tcq" / "results.json").read_text())
+    assert results["name"] == "mean_scale_small-noise-lmbda0.0067+tcq"
+    assert "TrellisSymbols(states=4" in outputs["tcq"].stdout + outputs["tcq"].stderr
+    assert outputs["tcqq"].returncode != 0
+    assert "Available options" in outputs["tcqq"].stderr + outputs["tcqq"].stdout
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -2,7 +2,9 @@
 
 Rebuilds the backbone and quantiser from the configuration stored in the checkpoint,
 codes every image of ``data.test`` with the rANS coder, checks each decode, and writes
-CompressAI-schema JSON, a per-image CSV, the bitstreams and reconstructions.
+CompressAI-schema JSON, a per-image CSV, the bitstreams and reconstructions. With
+``quant=<strategy>`` the trained weights are coded with another strategy at inference
+(``quant=tcq quant.rd_lambda=0.05``): the results are named ``<run>+<strategy>``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from licexp.checkpoints import codec_from_checkpoint, find_last_checkpoint
@@ -22,13 +25,19 @@ log = logging.getLogger(__name__)
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = Path(cfg.ckpt_path or find_last_checkpoint(cfg.paths.log_dir))
     log.info("Evaluating %s", ckpt_path)
-    codec, run_config = codec_from_checkpoint(ckpt_path)
+    swap = cfg.get("quant")
+    quantizer = hydra.utils.instantiate(swap) if swap is not None else None
+    codec, run_config = codec_from_checkpoint(ckpt_path, quantizer)
+    name = run_config.get("run_name", ckpt_path.stem)
+    if swap is not None:
+        name = f"{name}+{HydraConfig.get().runtime.choices.get('quant', 'quant')}"
+        log.info("Coding with %s instead of the trained strategy", quantizer)
     dataset = hydra.utils.instantiate(cfg.data.test or cfg.data.val)
     return evaluate_codec(
         codec,
         dataset,
         Path(cfg.paths.output_dir),
-        name=run_config.get("run_name", ckpt_path.stem),
+        name=name,
         anchors=cfg.anchors,
         reconstructions=cfg.reconstructions,
     )
