@@ -40,6 +40,7 @@ bench: install  ## CPU benchmarks; each rewrites its section of BENCHMARKS.md (G
 	$(PY) benchmarks/quant_cost.py
 	$(PY) benchmarks/ddp.py
 	$(PY) benchmarks/tiny_lic.py
+	$(PY) benchmarks/tcq.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

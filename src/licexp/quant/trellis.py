@@ -77,7 +77,10 @@ TRELLISES = {4: VVC_4_STATES, 8: ECM_8_STATES}
 
 def reconstruction_level(indices: Tensor, quantisers: Tensor | int) -> Tensor:
     """``2k - sgn(k) q`` in units of the step: Q0 (``q = 0``) or Q1 (``q = 1``)."""
-    return (2 * indices - torch.sign(indices) * quantisers).float()
+    doubled = 2 * indices.float()
+    if isinstance(quantisers, int) and quantisers == 0:
+        return doubled
+    return doubled - torch.sign(indices) * quantisers
 
 
 def decision_cell(indices: Tensor, quantisers: Tensor | int) -> tuple[Tensor, Tensor]:
@@ -98,14 +101,15 @@ def candidate_indices(targets: Tensor, quantiser: int, neighbours: int = 1) -> T
 
     ``k* = u / 2`` in Q0 and ``(u + sgn(u)) / 2`` in Q1 inverts the levels; the window
     ``floor(k*) - n + 1 .. floor(k*) + n`` holds the ``n`` nearest levels on each side of
-    ``u``. Returns ``[..., 2 n + 1]`` int64 (zero last; it may repeat a window index).
+    ``u``. Returns ``[..., 2 n + 1]`` integer values in the dtype of ``targets`` (zero last;
+    it may repeat a window index): the search works in floating point throughout.
     """
     if neighbours < 1:
         raise ValueError(f"neighbours must be >= 1, got {neighbours}")
     inverse = targets / 2 if quantiser == 0 else (targets + torch.sign(targets)) / 2
-    base = torch.floor(inverse).long()
+    base = torch.floor(inverse)
     window = torch.arange(1 - neighbours, neighbours + 1, device=targets.device)
-    around = base.unsqueeze(-1) + window
+    around = base.unsqueeze(-1) + window.to(targets.dtype)
     return torch.cat([around, torch.zeros_like(around[..., :1])], dim=-1)
 
 
@@ -135,47 +139,57 @@ def viterbi(
     is the only edge worth keeping, since both edges of a state with one parity lead to
     the same successor; the trellis then has two edges into every state, and the dynamic
     programme keeps the cheaper of the two per state and element. Ties go to the first
-    candidate. Memory: ``O(N T S)`` bytes of decisions for ``S`` states.
+    edge (and the first candidate). Memory: ``O(N T S)`` for ``S`` states.
     """
     if targets.dim() != 2:
         raise ValueError(f"targets must be [chains, length], got {tuple(targets.shape)}")
     chains, length = targets.shape
     device = targets.device
     best_cost = targets.new_empty(chains, length, 2, 2)
-    best_index = torch.empty(chains, length, 2, 2, dtype=torch.long, device=device)
+    best_index = targets.new_empty(chains, length, 2, 2)
     for quantiser in (0, 1):
         candidates = candidate_indices(targets, quantiser, neighbours)
         cost = branch_cost(candidates, quantiser)
-        parity = torch.remainder(candidates, 2)
-        for odd in (0, 1):
-            masked = cost.masked_fill(parity != odd, torch.inf)
-            value, choice = masked.min(dim=-1)
-            best_cost[:, :, quantiser, odd] = value
-            best_index[:, :, quantiser, odd] = candidates.gather(-1, choice.unsqueeze(-1))[..., 0]
+        odd = torch.remainder(candidates, 2) != 0
+        for parity, wrong in ((0, odd), (1, ~odd)):
+            value, choice = cost.masked_fill(wrong, torch.inf).min(dim=-1)
+            best_cost[:, :, quantiser, parity] = value
+            best_index[:, :, quantiser, parity] = candidates.gather(-1, choice.unsqueeze(-1))[
+                ..., 0
+            ]
 
     edges = torch.tensor(trellis.predecessors, dtype=torch.long, device=device)  # [S, 2, 2]
-    from_state, parity = edges[..., 0], edges[..., 1]
-    quantiser_of = trellis.quantiser_table(device)
-    edge_quantiser = quantiser_of[from_state]
-    cost = targets.new_full((chains, trellis.num_states), torch.inf)
+    from_state, parity = edges[..., 0].reshape(-1), edges[..., 1].reshape(-1)
+    edge_quantiser = trellis.quantiser_table(device)[from_state]
+    num_states = trellis.num_states
+    # [T, N, S * 2]: the cost of each edge into each state, time-major for the loop.
+    edge_cost = best_cost[:, :, edge_quantiser, parity].permute(1, 0, 2).contiguous()
+    cost = targets.new_full((chains, num_states), torch.inf)
     cost[:, 0] = 0
-    decisions = torch.empty(length, chains, trellis.num_states, dtype=torch.bool, device=device)
+    decisions = torch.empty(length, chains, num_states, dtype=torch.bool, device=device)
     for t in range(length):
-        step_cost = best_cost[:, t][:, edge_quantiser, parity]  # [N, S, 2]
-        cost, decision = (cost[:, from_state] + step_cost).min(dim=-1)
-        decisions[t] = decision.bool()
+        total = (cost.index_select(1, from_state) + edge_cost[t]).view(chains, num_states, 2)
+        first, second = total.unbind(-1)
+        decisions[t] = second < first
+        cost = torch.minimum(first, second)
 
     total, state = cost.min(dim=-1)
-    indices = torch.empty(chains, length, dtype=torch.long, device=device)
-    states = torch.empty_like(indices)
-    rows = torch.arange(chains, device=device)
+    flat_index = best_index.reshape(-1)
+    rows = torch.arange(chains, device=device) * length
+    indices, states = [], []
     for t in reversed(range(length)):
-        edge = decisions[t, rows, state].long()
-        previous, odd = from_state[state, edge], parity[state, edge]
-        indices[:, t] = best_index[rows, t, quantiser_of[previous], odd]
-        states[:, t] = previous
+        edge = 2 * state + decisions[t].gather(1, state.unsqueeze(1))[:, 0]
+        previous = from_state[edge]
+        offset = ((rows + t) * 2 + edge_quantiser[edge]) * 2 + parity[edge]
+        indices.append(flat_index[offset])
+        states.append(previous)
         state = previous
-    return TrellisPath(indices, states, total)
+    if not indices:
+        empty = torch.empty(chains, 0, dtype=torch.long, device=device)
+        return TrellisPath(empty, empty, total)
+    return TrellisPath(
+        torch.stack(indices[::-1], dim=1).long(), torch.stack(states[::-1], dim=1), total
+    )
 
 
 SCALE_BOUND = 0.11

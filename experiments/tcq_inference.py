@@ -1,0 +1,184 @@
+"""The RD effect of TCQ at inference only: trained checkpoints coded with scalar rounding and
+with trellis-coded quantisation, on real bitstreams.
+
+    .venv/bin/python experiments/tcq_inference.py <run or sweep dir>... [--out DIR]
+        [--states 4 8] [--steps 0.5] [--rd-lambdas 0 0.05 0.1 0.2] [--scans row plane]
+        [--images N]
+
+Every ``checkpoints/last.ckpt`` below the given folders is loaded once with its trained
+strategy (the scalar baseline: ``noise`` codes ``round(y)``), once with ``noise_plus``
+(``round(y - mu) + mu``, the scalar grid TCQ's levels are relative to) and once per TCQ
+setting of the grid, the weights unchanged (``licexp.eval quant=...`` does the same for one
+setting). Images: Kodak (``../shared/data/kodak`` or ``$LICEXP_KODAK``) when present, else
+the five embedded photos. Writes ``rd_points.csv`` (one row per checkpoint and coding),
+``bd.csv`` (BD-rate and BD-PSNR of every coding across the checkpoints against the trained
+strategy's, pchip), and ``rd.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from licexp.checkpoints import codec_from_checkpoint  # noqa: E402
+from licexp.data import Kodak, PhotoSamples  # noqa: E402
+from licexp.evaluation.bjontegaard import bd_psnr, bd_rate  # noqa: E402
+from licexp.evaluation.evaluate import evaluate_images, mean_row  # noqa: E402
+from licexp.quant import NoiseQuantization, QuantizationStrategy  # noqa: E402
+from licexp.quant.tcq import TrellisCodedQuantization  # noqa: E402
+
+FIELDS = (
+    "checkpoint",
+    "lmbda",
+    "coding",
+    "bpp",
+    "estimated_bpp",
+    "psnr",
+    "ms_ssim",
+    "encoding_time",
+    "decoding_time",
+    "decode_error",
+)
+
+
+def test_images(limit: int | None) -> tuple[str, list]:
+    """Kodak when it is there, else the embedded photos, as (name, image) pairs."""
+    try:
+        dataset, label = Kodak(root=None), "Kodak"
+    except FileNotFoundError:
+        names = ["astronaut", "coffee", "chelsea", "motorcycle_left", "rocket"]
+        dataset, label = PhotoSamples(names=names, crop_size=None), "embedded photos"
+    items = [dataset[i] for i in range(len(dataset) if limit is None else limit)]
+    return label, [(item["name"], item["image"]) for item in items]
+
+
+def codings(states: list[int], steps: list[float], rd_lambdas: list[float]):
+    """``(label, strategy or None)``: the trained strategy first, then noise+, then TCQ."""
+    yield "trained", None
+    yield "noise_plus", NoiseQuantization(round_around_mean=True)
+    for n, step, rd_lambda in itertools.product(states, steps, rd_lambdas):
+        yield (
+            f"tcq{n}-step{step:g}-lambda{rd_lambda:g}",
+            TrellisCodedQuantization(states=n, step=step, rd_lambda=rd_lambda),
+        )
+
+
+def measure(
+    checkpoint: Path, coding: QuantizationStrategy | None, images: list, work: Path
+) -> dict:
+    codec, config = codec_from_checkpoint(checkpoint, coding)
+    rows = evaluate_images(codec, images, work, reconstructions=0)
+    mean = mean_row(rows)
+    return {key: mean[key] for key in FIELDS[3:]} | {"lmbda": config.get("lmbda")}
+
+
+def bd_table(points: list[dict]) -> list[dict]:
+    """BD-rate / BD-PSNR of each coding's curve over the checkpoints against ``trained``."""
+    curves: dict[str, list[dict]] = {}
+    for point in points:
+        curves.setdefault(point["coding"], []).append(point)
+    reference = curves["trained"]
+    table = []
+    for coding, curve in curves.items():
+        if coding == "trained" or len(curve) < 2:
+            continue
+        args = (
+            [p["bpp"] for p in reference],
+            [p["psnr"] for p in reference],
+            [p["bpp"] for p in curve],
+            [p["psnr"] for p in curve],
+        )
+        try:
+            table.append(
+                {"coding": coding, "bd_rate_pct": bd_rate(*args), "bd_psnr_db": bd_psnr(*args)}
+            )
+        except ValueError as error:  # curves that do not overlap or are not monotone
+            table.append(
+                {"coding": coding, "bd_rate_pct": None, "bd_psnr_db": None, "note": str(error)}
+            )
+    return table
+
+
+def plot(points: list[dict], label: str, path: Path) -> None:
+    figure, axis = plt.subplots(figsize=(7, 5))
+    curves: dict[str, list[dict]] = {}
+    for point in points:
+        curves.setdefault(point["coding"], []).append(point)
+    for coding, curve in curves.items():
+        curve = sorted(curve, key=lambda p: p["bpp"])
+        style = {"trained": "k-o", "noise_plus": "k--s"}.get(coding, ".-")
+        axis.plot([p["bpp"] for p in curve], [p["psnr"] for p in curve], style, label=coding)
+    axis.set_xlabel("bpp (real bitstreams)")
+    axis.set_ylabel("PSNR-RGB (dB)")
+    axis.set_title(f"TCQ at inference on the same weights, {label}")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/tcq_inference"))
+    parser.add_argument("--states", type=int, nargs="+", default=[8])
+    parser.add_argument("--steps", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--rd-lambdas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
+    parser.add_argument("--scans", nargs="+", default=["row"], choices=["row", "plane"])
+    parser.add_argument("--images", type=int, default=None, help="only the first N images")
+    args = parser.parse_args()
+
+    checkpoints = sorted(c for run in args.runs for c in run.glob("**/checkpoints/last.ckpt"))
+    if not checkpoints:
+        raise SystemExit(f"no checkpoints/last.ckpt below {[str(r) for r in args.runs]}")
+    label, images = test_images(args.images)
+    console = Console(width=160)
+    points = []
+    with tempfile.TemporaryDirectory() as work:
+        for checkpoint in checkpoints:
+            for coding, strategy in codings(args.states, args.steps, args.rd_lambdas, args.scans):
+                point = {"checkpoint": str(checkpoint), "coding": coding}
+                point |= measure(checkpoint, strategy, images, Path(work))
+                points.append(point)
+                console.print(
+                    f"{checkpoint.parents[1].name} {coding}: {point['bpp']:.4f} bpp, "
+                    f"{point['psnr']:.2f} dB, decode error {point['decode_error']}"
+                )
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "rd_points.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, FIELDS)
+        writer.writeheader()
+        writer.writerows(points)
+    bd = bd_table(points)
+    with open(args.out / "bd.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, ["coding", "bd_rate_pct", "bd_psnr_db", "note"])
+        writer.writeheader()
+        writer.writerows(bd)
+    plot(points, f"{label} ({len(images)} images)", args.out / "rd.png")
+
+    table = Table(title=f"TCQ at inference, {label}: BD against the trained strategy (pchip)")
+    for column in ("coding", "BD-rate (%)", "BD-PSNR (dB)"):
+        table.add_column(column)
+    for row in bd:
+        rate, gain = row["bd_rate_pct"], row["bd_psnr_db"]
+        table.add_row(
+            row["coding"],
+            "-" if rate is None else f"{rate:+.2f}",
+            "-" if gain is None else f"{gain:+.3f}",
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
