@@ -273,6 +273,17 @@ def test_tcq_bitstreams_decode_bit_exactly_on_every_backbone(backbone, states, s
     assert (torch.round(levels).remainder(2) == 1).any()
 
 
+@pytest.mark.parametrize("backbone", ["mean_scale", "bmshj2018", "tiny_lic"])
+def test_tcq_codes_images_of_odd_sizes_bit_exactly(backbone) -> None:
+    codec = golden_codec(backbone, "noise")
+    codec.replace_quantizer(TrellisCodedQuantization(states=4))
+    codec.update(force=True)
+    image = smooth_image(70, 101, seed=4)
+    coding = code_image(codec, image)
+    assert coding.decode_error == 0 and coding.x_hat.shape == image.shape
+    assert torch.equal(decode_container(codec, coding.container), coding.x_hat)
+
+
 @pytest.fixture(scope="module")
 def trained_tcq_codec():
     """A toy mean-scale model trained with noise at a rate of ~0.16 bpp, coded with TCQ."""
