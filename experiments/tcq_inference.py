@@ -3,7 +3,7 @@ with trellis-coded quantisation, on real bitstreams.
 
     .venv/bin/python experiments/tcq_inference.py <run or sweep dir>... [--out DIR]
         [--states 4 8] [--steps 0.5] [--rd-lambdas 0 0.05 0.1 0.2] [--scans row plane]
-        [--images N]
+        [--neighbours 1 2] [--images N]
 
 Every ``checkpoints/last.ckpt`` below the given folders is loaded once with its trained
 strategy (the scalar baseline: ``noise`` codes ``round(y)``), once with ``noise_plus``
@@ -62,15 +62,16 @@ def test_images(limit: int | None) -> tuple[str, list]:
     return label, [(item["name"], item["image"]) for item in items]
 
 
-def codings(states: list[int], steps: list[float], rd_lambdas: list[float]):
+def codings(args: argparse.Namespace):
     """``(label, strategy or None)``: the trained strategy first, then noise+, then TCQ."""
     yield "trained", None
     yield "noise_plus", NoiseQuantization(round_around_mean=True)
-    for n, step, rd_lambda in itertools.product(states, steps, rd_lambdas):
-        yield (
-            f"tcq{n}-step{step:g}-lambda{rd_lambda:g}",
-            TrellisCodedQuantization(states=n, step=step, rd_lambda=rd_lambda),
-        )
+    grid = itertools.product(args.states, args.steps, args.rd_lambdas, args.scans, args.neighbours)
+    for n, step, rd_lambda, scan, neighbours in grid:
+        label = f"tcq{n}-{scan}-step{step:g}-lambda{rd_lambda:g}"
+        if neighbours != 1:
+            label += f"-n{neighbours}"
+        yield label, TrellisCodedQuantization(n, step, rd_lambda, neighbours, scan)
 
 
 def measure(
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--states", type=int, nargs="+", default=[8])
     parser.add_argument("--steps", type=float, nargs="+", default=[0.5])
     parser.add_argument("--rd-lambdas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
+    parser.add_argument("--neighbours", type=int, nargs="+", default=[1])
     parser.add_argument("--scans", nargs="+", default=["row"], choices=["row", "plane"])
     parser.add_argument("--images", type=int, default=None, help="only the first N images")
     args = parser.parse_args()
@@ -147,7 +149,7 @@ def main() -> None:
     points = []
     with tempfile.TemporaryDirectory() as work:
         for checkpoint in checkpoints:
-            for coding, strategy in codings(args.states, args.steps, args.rd_lambdas, args.scans):
+            for coding, strategy in codings(args):
                 point = {"checkpoint": str(checkpoint), "coding": coding}
                 point |= measure(checkpoint, strategy, images, Path(work))
                 points.append(point)

@@ -17,6 +17,7 @@ from licexp.checkpoints import (
     read_checkpoint,
 )
 from licexp.quant import StraightThroughQuantization
+from licexp.quant.tcq import TrellisCodedQuantization
 
 CONFIG = {
     "backbone": {"_target_": "licexp.backbones.MeanScaleHyperprior", "N": 16, "M": 24},
@@ -39,6 +40,25 @@ def test_codec_is_rebuilt_from_an_updated_checkpoint_and_decodes_the_same(tmp_pa
     with torch.no_grad():
         assert torch.equal(rebuilt.decompress(codec.compress(x)), codec(x).x_hat)
     assert config == CONFIG
+
+
+def test_a_checkpoint_codes_with_another_strategy_on_its_own_weights(tmp_path) -> None:
+    torch.manual_seed(0)
+    codec = MeanScaleHyperprior(16, 24, StraightThroughQuantization()).eval()
+    with torch.no_grad():
+        codec.g_a[-1].weight.mul_(20)
+    codec.update(force=True)
+    write_checkpoint(tmp_path / "last.ckpt", codec)
+    swapped, _ = codec_from_checkpoint(tmp_path / "last.ckpt", TrellisCodedQuantization())
+    assert isinstance(swapped.quantizer, TrellisCodedQuantization)
+    assert torch.equal(swapped.g_a[-1].weight, codec.g_a[-1].weight)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        reference, bitstreams = swapped.eval()(x), swapped.compress(x)
+        assert torch.equal(swapped.decompress(bitstreams), reference.x_hat)
+        assert bitstreams.strings["y"] != codec.compress(x).strings["y"]
+    levels = (reference.latents["y_hat"] - reference.latents["means"]) / 0.5
+    assert torch.allclose(levels, torch.round(levels), atol=1e-4)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path) -> None:

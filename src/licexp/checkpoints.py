@@ -52,8 +52,8 @@ def codec_from_checkpoint(
     """
     checkpoint = read_checkpoint(path)
     config = checkpoint[CONFIG_KEY]
-    quantizer = hydra.utils.instantiate(config["quant"])
-    codec = hydra.utils.instantiate(config["backbone"], quantizer=quantizer)
+    trained = hydra.utils.instantiate(config["quant"])
+    codec = hydra.utils.instantiate(config["backbone"], quantizer=trained)
     state = {
         key[len(CODEC_PREFIX) :]: value
         for key, value in checkpoint["state_dict"].items()
