@@ -12,7 +12,9 @@ setting of the grid, the weights unchanged (``licexp.eval quant=...`` does the s
 setting). Images: Kodak (``../shared/data/kodak`` or ``$LICEXP_KODAK``) when present, else
 the five embedded photos. Writes ``rd_points.csv`` (one row per checkpoint and coding),
 ``bd.csv`` (BD-rate and BD-PSNR of every coding across the checkpoints against the trained
-strategy's, pchip), and ``rd.png``.
+strategy's, pchip), ``equal_point.csv`` (per checkpoint, each TCQ setting's rd_lambda sweep
+against the trained strategy's point: PSNR at equal rate, rate at equal PSNR) and
+``rd.png``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from __future__ import annotations
 import argparse
 import csv
 import itertools
+import re
 import tempfile
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -110,6 +114,57 @@ def bd_table(points: list[dict]) -> list[dict]:
     return table
 
 
+def family(coding: str) -> str:
+    """A TCQ coding's label without its rd_lambda: the points of one lambda sweep."""
+    return re.sub(r"-lambda[0-9.e-]+", "", coding)
+
+
+def equal_point_table(points: list[dict]) -> list[dict]:
+    """Per checkpoint, each TCQ family's lambda sweep against the trained strategy's point:
+    PSNR at the same rate and rate at the same PSNR (interpolated in log-rate; blank where
+    the sweep does not reach the point)."""
+    table = []
+    for checkpoint in sorted({p["checkpoint"] for p in points}):
+        own = [p for p in points if p["checkpoint"] == checkpoint]
+        (reference,) = [p for p in own if p["coding"] == "trained"]
+        sweeps: dict[str, list[dict]] = {}
+        for point in own:
+            if point["coding"].startswith("tcq"):
+                sweeps.setdefault(family(point["coding"]), []).append(point)
+        for name, sweep in sweeps.items():
+            rates = np.log([p["bpp"] for p in sweep])
+            psnrs = np.array([p["psnr"] for p in sweep])
+            order, by_psnr = np.argsort(rates), np.argsort(psnrs)
+            rate = np.log(reference["bpp"])
+            psnr_at_rate = (
+                np.interp(rate, rates[order], psnrs[order])
+                if rates.min() <= rate <= rates.max()
+                else None
+            )
+            inside = psnrs.min() <= reference["psnr"] <= psnrs.max()
+            rate_at_psnr = (
+                np.exp(np.interp(reference["psnr"], psnrs[by_psnr], rates[by_psnr]))
+                if inside
+                else None
+            )
+            table.append(
+                {
+                    "checkpoint": checkpoint,
+                    "lmbda": reference["lmbda"],
+                    "family": name,
+                    "psnr_gain_db": None
+                    if psnr_at_rate is None
+                    else psnr_at_rate - reference["psnr"],
+                    "rate_change_pct": (
+                        None
+                        if rate_at_psnr is None
+                        else 100 * (rate_at_psnr / reference["bpp"] - 1)
+                    ),
+                }
+            )
+    return table
+
+
 def plot(points: list[dict], label: str, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 5))
     curves: dict[str, list[dict]] = {}
@@ -168,6 +223,25 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(bd)
     plot(points, f"{label} ({len(images)} images)", args.out / "rd.png")
+    equal = equal_point_table(points)
+    with open(args.out / "equal_point.csv", "w", newline="") as file:
+        writer = csv.DictWriter(
+            file, ["checkpoint", "lmbda", "family", "psnr_gain_db", "rate_change_pct"]
+        )
+        writer.writeheader()
+        writer.writerows(equal)
+    table = Table(title=f"TCQ lambda sweeps against the trained strategy's point, {label}")
+    for column in ("lmbda", "family", "PSNR at equal rate (dB)", "rate at equal PSNR (%)"):
+        table.add_column(column)
+    for row in equal:
+        gain, change = row["psnr_gain_db"], row["rate_change_pct"]
+        table.add_row(
+            str(row["lmbda"]),
+            row["family"],
+            "-" if gain is None else f"{gain:+.3f}",
+            "-" if change is None else f"{change:+.2f}",
+        )
+    console.print(table)
 
     table = Table(title=f"TCQ at inference, {label}: BD against the trained strategy (pchip)")
     for column in ("coding", "BD-rate (%)", "BD-PSNR (dB)"):
