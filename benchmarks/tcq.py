@@ -216,8 +216,12 @@ def trellis_curve(
 
 
 def snr_at(points: np.ndarray, rate: float) -> float:
+    """SNR (dB) at ``rate`` on the curve through ``points``; NaN outside it (no extrapolation)."""
     order = np.argsort(points[:, 0])
-    return float(np.interp(rate, points[order, 0], -10 * np.log10(points[order, 1])))
+    rates, snrs = points[order, 0], -10 * np.log10(points[order, 1])
+    if not rates[0] <= rate <= rates[-1]:
+        return math.nan
+    return float(np.interp(rate, rates, snrs))
 
 
 def gain_section(samples: int) -> str:
@@ -225,7 +229,7 @@ def gain_section(samples: int) -> str:
         "| source | search | states | 1 bit | 2 bits | 3 bits | 4 bits |",
         "|---|---|---|---|---|---|---|",
     ]
-    steps = np.geomspace(0.02, 2.5, 48)
+    steps = np.geomspace(0.02, 4.0, 56)
     for kind in ("gaussian", "uniform"):
         x = source(kind, samples, seed=0)
         scalar = scalar_curve(x, kind, steps)

@@ -116,7 +116,7 @@ def bd_table(points: list[dict]) -> list[dict]:
 
 def family(coding: str) -> str:
     """A TCQ coding's label without its rd_lambda: the points of one lambda sweep."""
-    return re.sub(r"-lambda[0-9.e-]+", "", coding)
+    return re.sub(r"-lambda[0-9.]+(?:e-?[0-9]+)?", "", coding)
 
 
 def equal_point_table(points: list[dict]) -> list[dict]:
@@ -166,19 +166,40 @@ def equal_point_table(points: list[dict]) -> list[dict]:
 
 
 def plot(points: list[dict], label: str, path: Path) -> None:
+    """The scalar codings across the checkpoints (black) and, per checkpoint, each TCQ
+    setting's rd_lambda sweep (one colour per setting)."""
     figure, axis = plt.subplots(figsize=(7, 5))
-    curves: dict[str, list[dict]] = {}
-    for point in points:
-        curves.setdefault(point["coding"], []).append(point)
-    for coding, curve in curves.items():
-        curve = sorted(curve, key=lambda p: p["bpp"])
-        style = {"trained": "k-o", "noise_plus": "k--s"}.get(coding, ".-")
+    for coding, style in (("trained", "k-o"), ("noise_plus", "k--s")):
+        curve = sorted((p for p in points if p["coding"] == coding), key=lambda p: p["bpp"])
         axis.plot([p["bpp"] for p in curve], [p["psnr"] for p in curve], style, label=coding)
+    families = sorted({family(p["coding"]) for p in points if p["coding"].startswith("tcq")})
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, name in enumerate(families):
+        for checkpoint in sorted({p["checkpoint"] for p in points}):
+            sweep = sorted(
+                (
+                    p
+                    for p in points
+                    if p["checkpoint"] == checkpoint
+                    and family(p["coding"]) == name
+                    and p["coding"].startswith("tcq")
+                ),
+                key=lambda p: p["bpp"],
+            )
+            axis.plot(
+                [p["bpp"] for p in sweep],
+                [p["psnr"] for p in sweep],
+                ".-",
+                color=colours[index % len(colours)],
+                label=f"{name} (rd_lambda sweep)"
+                if checkpoint == min(p["checkpoint"] for p in points)
+                else None,
+            )
     axis.set_xlabel("bpp (real bitstreams)")
     axis.set_ylabel("PSNR-RGB (dB)")
     axis.set_title(f"TCQ at inference on the same weights, {label}")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -194,8 +215,19 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, nargs="+", default=[1])
     parser.add_argument("--scans", nargs="+", default=["row"], choices=["row", "plane"])
     parser.add_argument("--images", type=int, default=None, help="only the first N images")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw rd.png from <out>/rd_points.csv"
+    )
     args = parser.parse_args()
 
+    if args.replot:
+        with open(args.out / "rd_points.csv") as file:
+            points = [
+                {k: float(v) if k in ("bpp", "psnr") else v for k, v in row.items()}
+                for row in csv.DictReader(file)
+            ]
+        plot(points, "Kodak (24 images)", args.out / "rd.png")
+        return
     checkpoints = sorted(c for run in args.runs for c in run.glob("**/checkpoints/last.ckpt"))
     if not checkpoints:
         raise SystemExit(f"no checkpoints/last.ckpt below {[str(r) for r in args.runs]}")

@@ -233,6 +233,7 @@ def trellis_point(x: torch.Tensor, kind: str, step: float, states: int) -> tuple
 def snr_at_rate(point, steps: np.ndarray, rate: float) -> float:
     rates, mses = np.array([point(s) for s in steps]).T
     order = np.argsort(rates)
+    assert rates.min() < rate < rates.max(), "the steps must span the rate (no extrapolation)"
     return float(np.interp(rate, rates[order], -10 * np.log10(mses[order])))
 
 

@@ -61,6 +61,7 @@ from licexp.quant.symbols import (
 from licexp.quant.trellis import (
     TRELLISES,
     Trellis,
+    TrellisPath,
     decision_cell,
     gaussian_cell_mass,
     reconstruction_level,
@@ -68,6 +69,8 @@ from licexp.quant.trellis import (
 )
 
 SCANS = ("row", "plane")
+SEARCH_ELEMENTS = 1 << 19
+"""Elements searched at once, in whole chains (a Kodak-sized latent in one group)."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ class TrellisSymbols(SymbolCoding):
 
     states: int = 8
     step: float = 0.5
-    rd_lambda: float = 0.1
+    rd_lambda: float = 0.025
     neighbours: int = 1
     scan: str = "row"
 
@@ -138,26 +141,38 @@ class TrellisSymbols(SymbolCoding):
         return gaussian_cell_mass(lower * self.step - shift, upper * self.step - shift, scales)
 
     def search(self, coded: Tensor, parameters: EntropyParameters) -> TrellisSearch:
-        """The Viterbi decision for every chain of ``coded`` (no gradient)."""
+        """The Viterbi decision for every chain of ``coded`` (no gradient).
+
+        Chains are independent: they are searched in groups of at most
+        :data:`SEARCH_ELEMENTS` elements, which bounds the memory and keeps the time linear.
+        """
         with torch.no_grad():
             residual = self.chains(parameters.centred(coded))
-            scales = self.chains(parameters.scales)
             batch, rows, length = residual.shape
-            flat_residual = residual.reshape(-1, length)
-            flat_scales = scales.reshape(-1, length, 1)
-
-            def branch_cost(indices: Tensor, quantiser: int) -> Tensor:
-                level = reconstruction_level(indices, quantiser) * self.step
-                distortion = (flat_residual.unsqueeze(-1) - level) ** 2
-                bits = -torch.log2(
-                    self.cell_likelihoods(indices, quantiser, flat_scales.expand_as(level))
+            residual = residual.reshape(-1, length)
+            scales = self.chains(parameters.scales).reshape(-1, length, 1)
+            group = max(1, SEARCH_ELEMENTS // max(length, 1))
+            indices, states = [], []
+            for start in range(0, residual.size(0), group):
+                path = self.search_chains(
+                    residual[start : start + group], scales[start : start + group]
                 )
-                return distortion + self.rd_lambda * bits
-
-            path = viterbi(flat_residual / self.step, branch_cost, self.trellis, self.neighbours)
-            quantisers = self.trellis.quantiser_table(coded.device)[path.states]
+                indices.append(path.indices)
+                states.append(path.states)
+            quantisers = self.trellis.quantiser_table(coded.device)[torch.cat(states)]
         shape = (batch, rows, length)
-        return TrellisSearch(path.indices.reshape(shape), quantisers.reshape(shape))
+        return TrellisSearch(torch.cat(indices).reshape(shape), quantisers.reshape(shape))
+
+    def search_chains(self, residual: Tensor, scales: Tensor) -> TrellisPath:
+        """Viterbi over chains ``residual [N, T]`` (latent units) with ``scales [N, T, 1]``."""
+
+        def branch_cost(indices: Tensor, quantiser: int) -> Tensor:
+            level = reconstruction_level(indices, quantiser) * self.step
+            distortion = (residual.unsqueeze(-1) - level) ** 2
+            bits = -torch.log2(self.cell_likelihoods(indices, quantiser, scales.expand_as(level)))
+            return distortion + self.rd_lambda * bits
+
+        return viterbi(residual / self.step, branch_cost, self.trellis, self.neighbours)
 
     def reconstruct(
         self, search: TrellisSearch, parameters: EntropyParameters, like: Tensor
@@ -246,7 +261,7 @@ class TrellisCodedQuantization(QuantizationStrategy):
         self,
         states: int = 8,
         step: float = 0.5,
-        rd_lambda: float = 0.1,
+        rd_lambda: float = 0.025,
         neighbours: int = 1,
         scan: str = "row",
     ) -> None:
