@@ -137,6 +137,7 @@ def test_eval_cli_codes_a_checkpoint_with_another_strategy(smoke_run, tmp_path) 
     [
         (["lmbda=-1"], "lmbda must be positive"),
         (["quant=rounding"], "Available options"),
+        (["experiment=three-gaps"], "Available options in 'experiment'"),
         (["data.train.size=100"], "divisible by 64"),
     ],
 )
