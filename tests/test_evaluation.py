@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -119,3 +120,26 @@ def test_evaluate_codec_writes_compressai_json_csv_bitstreams_and_reconstruction
     assert len(rows) == 3 and rows[0].startswith("name,")
     anchor = json.loads((tmp_path / "anchor_jpeg.json").read_text())
     assert len(anchor["results"]["bpp"]) >= 5
+
+
+def test_images_too_small_for_ms_ssim_are_measured_otherwise_and_named(tmp_path) -> None:
+    """A 1x1 and a 10x10 image beside a normal one: every result is written; MS-SSIM is
+    empty with the reason for the small ones and the mean MS-SSIM is the measurable one's."""
+    codec = MeanScaleHyperprior(N=16, M=24, quantizer=StraightThroughQuantization()).eval()
+    dataset = [
+        {"name": "dot", "image": torch.rand(3, 1, 1)},
+        {"name": "tiny", "image": torch.rand(3, 10, 10)},
+        {"name": "photo", "image": smooth_image(64, 96)},
+    ]
+    summary = evaluate_codec(codec, dataset, tmp_path, name="toy", anchors=["jpeg"])
+    with open(tmp_path / "per_image.csv") as file:
+        rows = {row["name"]: row for row in csv.DictReader(file)}
+    assert set(rows) == {"dot", "tiny", "photo"}
+    for name in ("dot", "tiny"):
+        assert rows[name]["ms_ssim"] == "" and "too small" in rows[name]["note"]
+        assert float(rows[name]["psnr"]) > 0 and float(rows[name]["bpp"]) > 0
+    assert summary["ms_ssim"] == pytest.approx(float(rows["photo"]["ms_ssim"]))
+    assert summary["psnr"] == pytest.approx(sum(float(r["psnr"]) for r in rows.values()) / 3)
+    assert json.loads((tmp_path / "results.json").read_text())["results"]["ms-ssim-rgb"] == [
+        pytest.approx(summary["ms_ssim"])
+    ]

@@ -23,7 +23,7 @@ import torch
 from PIL import Image, features
 from torch import Tensor
 
-from licexp.evaluation.metrics import bpp_from_bytes, ms_ssim, psnr
+from licexp.evaluation.metrics import bpp_from_bytes, ms_ssim_if_measurable, psnr
 from licexp.evaluation.results import RDCurve
 
 __all__ = [
@@ -262,7 +262,7 @@ def anchor_curve(
                     "quality": quality,
                     "bpp": bpp_from_bytes(coded.num_bytes, height, width),
                     "psnr": psnr(reference, coded.x_hat),
-                    "ms_ssim": ms_ssim(reference, coded.x_hat),
+                    "ms_ssim": ms_ssim_if_measurable(reference, coded.x_hat),
                     "encoding_time": coded.encoding_time,
                     "decoding_time": coded.decoding_time,
                 }
@@ -272,9 +272,11 @@ def anchor_curve(
     means = []
     for quality in qualities:
         selected = [row for row in rows if row["quality"] == quality]
-        means.append(
-            {"quality": quality, **{m: float(np.mean([r[m] for r in selected])) for m in metrics}}
-        )
+        point = {"quality": quality}
+        for metric in metrics:  # over the images that have the metric (MS-SSIM needs 21 px)
+            values = [r[metric] for r in selected if r[metric] is not None]
+            point[metric] = float(np.mean(values)) if values else None
+        means.append(point)
     means.sort(key=lambda point: point["bpp"])
 
     description = (
@@ -287,6 +289,6 @@ def anchor_curve(
         name=f"pillow-{codec}",
         description=description,
         extra={"quality": [point["quality"] for point in means]},
-        **{m: [point[m] for point in means] for m in metrics},
+        **{m: [p[m] for p in means] for m in metrics if all(p[m] is not None for p in means)},
     )
     return AnchorResult(rows=rows, curve=curve)

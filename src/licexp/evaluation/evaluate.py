@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from licexp.backbones import LearnedCodec
 from licexp.evaluation.anchors import anchor_curve
 from licexp.evaluation.codec import code_image
-from licexp.evaluation.metrics import ms_ssim, psnr
+from licexp.evaluation.metrics import ms_ssim_if_measurable, psnr
 from licexp.evaluation.plots import plot_rd
 from licexp.evaluation.results import (
     RDCurve,
@@ -69,27 +69,39 @@ def evaluate_images(
                 name,
                 coding.decode_error,
             )
-        rows.append(
-            {
-                "name": name,
-                "height": image.shape[-2],
-                "width": image.shape[-1],
-                "bytes": len(coding.container),
-                "bpp": coding.bpp,
-                "estimated_bpp": coding.estimated_bpp,
-                "psnr": psnr(image, coding.x_hat),
-                "ms_ssim": ms_ssim(image, coding.x_hat),
-                "encoding_time": coding.encoding_time,
-                "decoding_time": coding.decoding_time,
-                "decode_error": coding.decode_error,
-            }
-        )
+        row = {
+            "name": name,
+            "height": image.shape[-2],
+            "width": image.shape[-1],
+            "bytes": len(coding.container),
+            "bpp": coding.bpp,
+            "estimated_bpp": coding.estimated_bpp,
+            "psnr": psnr(image, coding.x_hat),
+            "ms_ssim": ms_ssim_if_measurable(image, coding.x_hat),
+            "encoding_time": coding.encoding_time,
+            "decoding_time": coding.decoding_time,
+            "decode_error": coding.decode_error,
+        }
+        if row["ms_ssim"] is None:  # the other metrics still hold
+            row["note"] = (
+                f"MS-SSIM not measured: {image.shape[-2]}x{image.shape[-1]} is too small "
+                "(it needs sides of at least 21 px)"
+            )
+            log.warning("%s: %s", name, row["note"])
+        rows.append(row)
     return rows
 
 
 def mean_row(rows: Sequence[dict[str, Any]], name: str = "mean") -> dict[str, Any]:
-    """Per-image metrics averaged (CompressAI's ``eval_model`` averages per image)."""
-    mean = {key: statistics.fmean(row[key] for row in rows) for key in METRICS}
+    """Per-image metrics averaged (CompressAI's ``eval_model`` averages per image).
+
+    A metric an image lacks (MS-SSIM of an image too small for it) is averaged over the
+    images that have it, and is ``None`` when none has.
+    """
+    mean = {}
+    for key in METRICS:
+        values = [row[key] for row in rows if row[key] is not None]
+        mean[key] = statistics.fmean(values) if values else None
     mean["decode_error"] = max(row["decode_error"] for row in rows)
     return {"name": name, **mean}
 
@@ -106,10 +118,15 @@ COMPARISON_COLUMNS = (
 def compare_with_anchor(model: dict[str, Any], anchor: RDCurve) -> dict[str, Any]:
     """The anchor's PSNR at the model's rate and the rate it needs for the model's PSNR.
 
-    ``None`` where the model's point lies outside the anchor curve's range.
+    ``None`` where the model's point lies outside the anchor curve's range, or where the
+    curve has fewer than two finite points (lossless anchors of tiny images: PSNR inf).
     """
-    anchor_psnr = interpolate_psnr_at_bpp(anchor, model["bpp"])
-    anchor_bpp = interpolate_bpp_at_psnr(anchor, model["psnr"])
+    try:
+        anchor_psnr = interpolate_psnr_at_bpp(anchor, model["bpp"])
+        anchor_bpp = interpolate_bpp_at_psnr(anchor, model["psnr"])
+    except ValueError as error:
+        log.warning("no comparison with %s: %s", anchor.name, error)
+        anchor_psnr = anchor_bpp = None
     return {
         "anchor": anchor.name,
         "anchor_psnr_at_model_bpp": anchor_psnr,
@@ -140,13 +157,13 @@ def evaluate_codec(
     model_curve = RDCurve(
         name=name,
         description=f"licexp real-bitstream evaluation on {len(rows)} images",
-        **{key: [mean[key]] for key in CURVE_METRICS},
+        **{key: [mean[key]] for key in CURVE_METRICS if mean[key] is not None},
         extra={"estimated_bpp": [mean["estimated_bpp"]]},
     )
     save_curve(model_curve, out_dir / "results.json")
     print_results_table(
         [*rows, mean],
-        ["name", *METRICS, "decode_error"],
+        ["name", *METRICS, "decode_error", *(["note"] if any("note" in r for r in rows) else [])],
         f"{name}: real bitstreams",
         console=console,
     )
@@ -169,7 +186,7 @@ def evaluate_codec(
             "blank: the model's point lies outside the anchor's range)",
             console=console,
         )
-    summary = {key: float(mean[key]) for key in (*METRICS, "decode_error")}
+    summary = {key: float(mean[key]) for key in (*METRICS, "decode_error") if mean[key] is not None}
     for comparison in comparisons:
         gain = comparison["model_gain_db"]
         if gain is not None:

@@ -166,6 +166,14 @@ def ms_ssim(x: Tensor, x_hat: Tensor) -> float:
     return float(ms_ssim_batch(x, x_hat.clamp(0.0, 1.0)).item())
 
 
+def ms_ssim_if_measurable(x: Tensor, x_hat: Tensor) -> float | None:
+    """:func:`ms_ssim`, or ``None`` for an image too small for it (smaller side <= 20 px)."""
+    height, width = x.shape[-2:]
+    if ms_ssim_num_scales(height, width) < MS_SSIM_MIN_SCALES:
+        return None
+    return ms_ssim(x, x_hat)
+
+
 def psnr_batch(x: Tensor, x_hat: Tensor, data_range: float = 1.0) -> Tensor:
     """Per-image PSNR-RGB in dB of ``[B, 3, H, W]`` batches, ``x_hat`` clamped first.
 
