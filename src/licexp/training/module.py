@@ -23,6 +23,10 @@ AUX_PARAMETER_SUFFIX = ".quantiles"
 """``EntropyBottleneck.quantiles`` are trained by the aux loss alone (CompressAI)."""
 
 
+class DivergenceError(RuntimeError):
+    """A non-finite loss, aux loss or gradient norm: the run stops before taking the step."""
+
+
 def split_parameters(codec: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Splits the parameters into the main (RD loss) and the aux (quantiles) groups."""
     main, aux = [], []
@@ -108,6 +112,16 @@ class CodecModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
         self.manual_backward(terms["loss"] + aux_loss)
+        gradients = [
+            p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None
+        ]
+        self._stop_if_diverged(
+            {
+                "loss": terms["loss"],
+                "aux loss": aux_loss,
+                "gradient norm": torch.nn.utils.get_total_norm(gradients),
+            }
+        )
         if self.clip_grad_norm:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.clip_grad_norm, gradient_clip_algorithm="norm"
@@ -126,6 +140,28 @@ class CodecModule(L.LightningModule):
         terms["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
         self._log_terms("train", terms, batch["image"].size(0), on_step=True, on_epoch=False)
         return terms["loss"]
+
+    def _stop_if_diverged(self, values: dict[str, Tensor]) -> None:
+        """Raises :class:`DivergenceError` naming the step and the non-finite terms.
+
+        Called before the optimisers step, so the weights stay those of the last finite
+        step and no checkpoint with non-finite weights can follow. Under DDP the gradients
+        are already averaged, so every rank stops at the same step.
+        """
+        bad = [name for name, value in values.items() if not torch.isfinite(value).all()]
+        if not bad:
+            return
+        last = getattr(self.trainer.checkpoint_callback, "last_model_path", "")
+        resume = (
+            f"resume from the last good checkpoint with ckpt_path={last}"
+            if last
+            else "no checkpoint was written before it"
+        )
+        raise DivergenceError(
+            f"training diverged at step {self.global_step + 1}: non-finite {', '.join(bad)}. "
+            f"The step was not taken, the weights are those of step {self.global_step}; "
+            f"{resume}, with a lower learning rate (model.optimizer.lr) for instance"
+        )
 
     def _mean_over_ranks(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """The terms averaged over the DDP ranks (the global batch) in one all-reduce."""

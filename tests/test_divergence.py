@@ -1,0 +1,55 @@
+"""A diverging run stops at the first non-finite term and keeps its last good state."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Dataset
+
+from licexp.backbones import MeanScaleHyperprior
+from licexp.quant import NoiseQuantization
+from licexp.training import CodecModule, DivergenceError, RateDistortionLoss
+
+
+class PoisonedImages(Dataset):
+    """Random 64x64 images; the one at ``poisoned`` holds a NaN (a broken input file)."""
+
+    def __init__(self, length: int, poisoned: int) -> None:
+        self.length, self.poisoned = length, poisoned
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(index))
+        if index == self.poisoned:
+            image[0, 0, 0] = torch.nan
+        return {"image": image}
+
+
+def test_the_first_non_finite_loss_stops_the_run_before_its_step(tmp_path) -> None:
+    torch.manual_seed(0)
+    codec = MeanScaleHyperprior(N=16, M=24, quantizer=NoiseQuantization())
+    module = CodecModule(codec, RateDistortionLoss(0.01), torch.optim.Adam, torch.optim.Adam)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    trainer = L.Trainer(
+        max_steps=10,
+        accelerator="cpu",
+        callbacks=[checkpoints],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(DivergenceError, match=r"at step 3: non-finite loss.*ckpt_path=") as error:
+        trainer.fit(module, DataLoader(PoisonedImages(10, poisoned=2), batch_size=1))
+    assert "gradient norm" in str(error.value)  # a NaN loss has NaN gradients too
+    assert trainer.global_step == 2, "the diverging step was not taken"
+    assert all(torch.isfinite(p).all() for p in codec.parameters())
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2
+    assert all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
