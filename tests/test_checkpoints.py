@@ -12,6 +12,7 @@ import torch
 from licexp.backbones import MeanScaleHyperprior
 from licexp.checkpoints import (
     CheckpointError,
+    check_resumable,
     codec_from_checkpoint,
     find_last_checkpoint,
     read_checkpoint,
@@ -59,6 +60,16 @@ def test_a_checkpoint_codes_with_another_strategy_on_its_own_weights(tmp_path) -
         assert bitstreams.strings["y"] != codec.compress(x).strings["y"]
     levels = (reference.latents["y_hat"] - reference.latents["means"]) / 0.5
     assert torch.allclose(levels, torch.round(levels), atol=1e-4)
+
+
+def test_resuming_from_a_checkpoint_of_another_backbone_names_both(tmp_path) -> None:
+    write_checkpoint(
+        tmp_path / "last.ckpt", MeanScaleHyperprior(16, 24, StraightThroughQuantization())
+    )
+    check_resumable(tmp_path / "last.ckpt", CONFIG["backbone"])
+    other = {**CONFIG["backbone"], "M": 32}
+    with pytest.raises(CheckpointError, match=r"different backbone.*'M': 24.*'M': 32"):
+        check_resumable(tmp_path / "last.ckpt", other)
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path) -> None:

@@ -138,6 +138,9 @@ def test_eval_cli_codes_a_checkpoint_with_another_strategy(smoke_run, tmp_path) 
         (["lmbda=-1"], "lmbda must be positive"),
         (["quant=rounding"], "Available options"),
         (["experiment=three-gaps"], "Available options in 'experiment'"),
+        (["lmbda=abc"], "lmbda must be positive, got 'abc'"),
+        (["seed=abc"], "seed must be an integer, got 'abc'"),
+        (["backbone.N=0"], "backbone.N must be a positive integer, got 0"),
         (["data.train.size=100"], "divisible by 64"),
     ],
 )

@@ -71,6 +71,16 @@ def codec_from_checkpoint(
     return codec, config
 
 
+def check_resumable(path: str | Path, backbone: Mapping[str, Any]) -> None:
+    """Raises a clear error unless ``path`` is a licexp checkpoint of ``backbone``."""
+    trained = read_checkpoint(path)[CONFIG_KEY].get("backbone")
+    if trained != dict(backbone):
+        raise CheckpointError(
+            f"ckpt_path={path} holds a different backbone: it was trained with {trained}, "
+            f"this run builds {dict(backbone)} (resume with the run's own settings)"
+        )
+
+
 def init_weights(module: nn.Module, path: str | Path, backbone: Mapping[str, Any]) -> None:
     """Loads a checkpoint's weights into ``module`` (a ``CodecModule``) to start a new run.
 

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from licexp.checkpoints import init_weights, read_checkpoint
+from licexp.checkpoints import check_resumable, init_weights
 from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
 from licexp.distributed import hydra_ddp_job
 from licexp.evaluation.evaluate import evaluate_codec
@@ -48,11 +48,13 @@ def allow_tf32(enabled: bool) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Runs one training job; returns the final metrics (a sweeper's objective among them)."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     L.seed_everything(cfg.seed, workers=True)
     allow_tf32(cfg.tf32)
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.ckpt_path is not None:
-        read_checkpoint(cfg.ckpt_path)  # fail now, with a clear message, not mid-restore
+    if cfg.ckpt_path is not None:  # fail now, with a clear message, not mid-restore
+        check_resumable(cfg.ckpt_path, OmegaConf.to_container(cfg.backbone, resolve=True))
 
     datamodule = hydra.utils.instantiate(cfg.data)
     quantizer = hydra.utils.instantiate(cfg.quant)

@@ -129,6 +129,13 @@ class LearnedCodec(CompressionModel):
         """Decodes ``x_hat`` (unclamped) from the bitstreams."""
 
 
+def check_channels(**channels: object) -> None:
+    """Raises a clear error unless every channel count (``N=128``, ``M=192``) is a positive int."""
+    for name, value in channels.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"backbone.{name} must be a positive integer, got {value!r}")
+
+
 def resize_entropy_buffers(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
     """Resizes the CDF buffers of every entropy model of ``model`` to those of ``state_dict``.
 

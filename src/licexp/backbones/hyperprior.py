@@ -10,7 +10,7 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec
+from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec, check_channels
 from licexp.backbones.latent_coders import GaussianLatentCoder, HyperLatentCoder
 from licexp.quant import EntropyParameters, QuantizationStrategy
 
@@ -42,6 +42,7 @@ class HyperpriorCodec(LearnedCodec):
 
     def __init__(self, N: int, M: int, quantizer: QuantizationStrategy) -> None:
         super().__init__()
+        check_channels(N=N, M=M)
         self.N, self.M = N, M
         self.g_a = gdn_analysis(N, M)
         self.g_s = gdn_synthesis(N, M)

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec
+from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec, check_channels
 from licexp.backbones.latent_coders import CodedLatent, GaussianLatentCoder, HyperLatentCoder
 from licexp.backbones.multistage_context import MultistageContextModel, Stage
 from licexp.backbones.neighborhood_attention import RNAB
@@ -120,6 +120,7 @@ class TinyLIC(LearnedCodec):
         quantizer: QuantizationStrategy,
     ) -> None:
         super().__init__()
+        check_channels(N=N, M=M)
         depths, hyper_depths = list(depths), list(hyper_depths)
         if len(depths) != 4 or len(hyper_depths) != 2:
             raise ValueError(f"need 4 depths and 2 hyper depths, got {depths}, {hyper_depths}")

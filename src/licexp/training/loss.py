@@ -29,8 +29,8 @@ class RateDistortionLoss(nn.Module):
         super().__init__()
         if distortion not in DISTORTIONS:
             raise ValueError(f"distortion must be one of {DISTORTIONS}, got {distortion!r}")
-        if not lmbda > 0:
-            raise ValueError(f"lmbda must be positive, got {lmbda}")
+        if isinstance(lmbda, bool) or not isinstance(lmbda, int | float) or not lmbda > 0:
+            raise ValueError(f"lmbda must be positive, got {lmbda!r}")
         self.lmbda = lmbda
         self.distortion = distortion
 
