@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import REPO_ROOT
+from PIL import Image
 
 SMOKE = ["debug=smoke", "callbacks.progress_bar=null"]
 
@@ -104,6 +105,29 @@ def test_eval_cli_decodes_a_checkpoint_on_real_bitstreams(smoke_run, tmp_path) -
     assert [row["name"] for row in rows] == ["chelsea"]
     assert float(rows[0]["decode_error"]) == 0
     assert "real bitstreams" in result.stdout
+
+
+def test_eval_cli_evaluates_a_folder_of_ones_own_images(smoke_run, tmp_path) -> None:
+    run_dir, _ = smoke_run
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name, size in (("a", (70, 50)), ("b", (64, 64))):
+        pixels = (torch.rand(size[1], size[0], 3) * 255).byte().numpy()
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+    result = run(
+        "licexp.eval",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"images={folder}",
+        "anchors=[]",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+    )
+    with open(tmp_path / "eval" / "per_image.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["name"], r["width"], r["height"]) for r in rows] == [
+        ("a", "70", "50"),
+        ("b", "64", "64"),
+    ]
+    assert f"Evaluating 2 images from {folder}" in result.stdout + result.stderr
 
 
 def test_eval_cli_codes_a_checkpoint_with_another_strategy(smoke_run, tmp_path) -> None:

@@ -4,7 +4,8 @@ Rebuilds the backbone and quantiser from the configuration stored in the checkpo
 codes every image of ``data.test`` with the rANS coder, checks each decode, and writes
 CompressAI-schema JSON, a per-image CSV, the bitstreams and reconstructions. With
 ``quant=<strategy>`` the trained weights are coded with another strategy at inference
-(``quant=tcq quant.rd_lambda=0.05``): the results are named ``<run>+<strategy>``.
+(``quant=tcq quant.rd_lambda=0.05``): the results are named ``<run>+<strategy>``. With
+``images=<folder>`` the images of that folder are evaluated instead of ``data.test``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from licexp.checkpoints import codec_from_checkpoint, find_last_checkpoint
+from licexp.data import ImageFolder
 from licexp.evaluation.evaluate import evaluate_codec
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if swap is not None:
         name = f"{name}+{HydraConfig.get().runtime.choices.get('quant', 'quant')}"
         log.info("Coding with %s instead of the trained strategy", quantizer)
-    dataset = hydra.utils.instantiate(cfg.data.test or cfg.data.val)
+    if cfg.get("images") is not None:
+        dataset = ImageFolder(cfg.images)
+    else:
+        dataset = hydra.utils.instantiate(cfg.data.test or cfg.data.val)
+    source = getattr(dataset, "root", None) or type(dataset).__name__
+    log.info("Evaluating %d images from %s", len(dataset), source)
     return evaluate_codec(
         codec,
         dataset,
