@@ -174,15 +174,16 @@ def plot(points: list[dict], label: str, path: Path) -> None:
         axis.plot([p["bpp"] for p in curve], [p["psnr"] for p in curve], style, label=coding)
     families = sorted({family(p["coding"]) for p in points if p["coding"].startswith("tcq")})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    checkpoints = sorted({p["checkpoint"] for p in points})
     for index, name in enumerate(families):
-        for checkpoint in sorted({p["checkpoint"] for p in points}):
+        for checkpoint in checkpoints:
             sweep = sorted(
                 (
                     p
                     for p in points
                     if p["checkpoint"] == checkpoint
-                    and family(p["coding"]) == name
                     and p["coding"].startswith("tcq")
+                    and family(p["coding"]) == name
                 ),
                 key=lambda p: p["bpp"],
             )
@@ -191,9 +192,7 @@ def plot(points: list[dict], label: str, path: Path) -> None:
                 [p["psnr"] for p in sweep],
                 ".-",
                 color=colours[index % len(colours)],
-                label=f"{name} (rd_lambda sweep)"
-                if checkpoint == min(p["checkpoint"] for p in points)
-                else None,
+                label=f"{name} (rd_lambda sweep)" if checkpoint == checkpoints[0] else None,
             )
     axis.set_xlabel("bpp (real bitstreams)")
     axis.set_ylabel("PSNR-RGB (dB)")

@@ -351,3 +351,9 @@ def test_training_path_is_the_straight_through_trellis_with_its_code_length() ->
 def test_bad_tcq_settings_name_the_setting(override, message) -> None:
     with pytest.raises(Exception, match=message):
         instantiate(compose_train(["quant=tcq", f"quant.{override}"]).quant)
+
+
+def test_table_rows_are_the_rows_compressai_build_indexes_picks() -> None:
+    scales = torch.cat([torch.tensor([0.0, 0.05, 0.11, 256.0, 1e4]), torch.rand(5000) * 30])
+    rows = TrellisSymbols.table_rows(scales, GAUSSIAN.scale_table)
+    assert torch.equal(rows, GAUSSIAN.scale_indexes(scales).long())

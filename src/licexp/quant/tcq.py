@@ -123,14 +123,24 @@ class TrellisSymbols(SymbolCoding):
         length = x.size(-1) if self.scan == "row" else x.size(-1) * x.size(-2)
         return x.reshape(x.size(0), -1, length)
 
-    def coded_scales(self, scales: Tensor, table: Tensor | None = None) -> Tensor:
-        """The scale each element's symbol is coded with: the smallest scale of ``table``
-        (CompressAI's default 64 before the tables are built) at or above the predicted
-        one, as CompressAI's ``build_indexes`` picks it; straight-through gradient."""
+    @staticmethod
+    def scale_table(table: Tensor | None, like: Tensor) -> Tensor:
+        """The coder's scale table (CompressAI's default 64 before the tables are built)."""
         if table is None or table.numel() == 0:
             table = get_scale_table()
-        table = table.to(scales.device, scales.dtype)
-        coded = table[torch.searchsorted(table[:-1], scales.detach().contiguous())]
+        return table.to(like.device, like.dtype)
+
+    @staticmethod
+    def table_rows(scales: Tensor, table: Tensor) -> Tensor:
+        """The scale-table row of each element: the smallest table scale at or above its
+        scale, the row CompressAI's ``build_indexes`` picks (one search, not a pass per row)."""
+        return torch.searchsorted(table[:-1], scales.detach().contiguous())
+
+    def coded_scales(self, scales: Tensor, table: Tensor | None = None) -> Tensor:
+        """The scale each element's symbol is coded with (:meth:`table_rows` of ``table``);
+        straight-through gradient."""
+        table = self.scale_table(table, scales)
+        coded = table[self.table_rows(scales, table)]
         return scales + (coded - scales).detach()
 
     def cell_likelihoods(
@@ -182,12 +192,10 @@ class TrellisSymbols(SymbolCoding):
         levels = levels.to(like.dtype).reshape(like.shape)
         return levels if parameters.means is None else parameters.means + levels
 
-    def indexes(
-        self, quantisers: Tensor, parameters: EntropyParameters, model: GaussianTableModel
-    ) -> Tensor:
+    def indexes(self, quantisers: Tensor, scales: Tensor, model: GaussianTableModel) -> Tensor:
         """The CDF table of each symbol: its quantiser's block, its scale's row."""
-        scale_rows = self.chains(model.scale_indexes(parameters.scales)).long()
-        return (quantisers * model.num_scales + scale_rows).int()
+        rows = self.chains(self.table_rows(scales, self.scale_table(model.scale_table, scales)))
+        return (quantisers * model.num_scales + rows).int()
 
     def cdf_tables(self, model: GaussianTableModel) -> CdfTables:
         """For each quantiser and scale: indices ``-K .. K`` with the cell masses.
@@ -224,7 +232,7 @@ class TrellisSymbols(SymbolCoding):
         )
         return SymbolEncoding(
             symbols=self.stream_order(search.indices).int(),
-            indexes=self.stream_order(self.indexes(search.quantisers, parameters, model)),
+            indexes=self.stream_order(self.indexes(search.quantisers, parameters.scales, model)),
             reconstruction=self.reconstruct(search, parameters, coded),
             likelihoods=likelihoods.reshape(coded.shape),
         )
@@ -234,7 +242,8 @@ class TrellisSymbols(SymbolCoding):
     ) -> Tensor:
         """Reads one symbol of every chain per step, each with its state's table."""
         scales = parameters.scales
-        scale_rows = self.chains(model.scale_indexes(scales)).long()
+        table = self.scale_table(model.scale_table, scales)
+        scale_rows = self.chains(self.table_rows(scales, table))
         batch, rows, length = scale_rows.shape
         quantiser_of = self.trellis.quantiser_table(scales.device)
         successor = self.trellis.successor_table(scales.device)
