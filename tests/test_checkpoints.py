@@ -33,7 +33,7 @@ def write_checkpoint(path: Path, codec: torch.nn.Module, config: dict = CONFIG) 
 
 def test_codec_is_rebuilt_from_an_updated_checkpoint_and_decodes_the_same(tmp_path) -> None:
     codec = MeanScaleHyperprior(16, 24, StraightThroughQuantization()).eval()
-    codec.update(force=True)  # CDF buffers now have sizes a fresh model lacks
+    codec.prepare_for_coding()  # CDF buffers now have sizes a fresh model lacks
     write_checkpoint(tmp_path / "last.ckpt", codec)
     rebuilt, config = codec_from_checkpoint(tmp_path / "last.ckpt")
     rebuilt.eval()

@@ -86,6 +86,24 @@ def test_actual_bpp_is_close_to_the_estimate_on_a_trained_model(toy_codec) -> No
     assert coding.bpp == pytest.approx(coding.estimated_bpp, rel=0.05, abs=0.008)
 
 
+def test_fitted_quantiles_are_the_learned_density_tails_and_median() -> None:
+    """The aux loss is ``sum |logit F(q) - logit target|`` over the quantiles' targets
+    (``tail_mass / 2``, 1/2, ``1 - tail_mass / 2`` per channel): 0 exactly when the
+    quantiles are the learned CDF's tails and median. Gradient descent leaves it far from 0
+    after a short run; the fit solves it to the bisection tolerance."""
+    codec = train_toy_codec(steps=100)
+    bottleneck = codec.hyper_latent.entropy_bottleneck
+    targets = bottleneck.quantiles.numel()
+    assert codec.aux_loss().item() / targets > 0.5, "the toy run left the quantiles unfitted"
+    before = bottleneck.quantiles.detach().clone()
+    codec.prepare_for_coding()
+    assert not codec.training
+    assert codec.aux_loss().item() / targets < 1e-2
+    assert (bottleneck.quantiles[:, 0, 0] < bottleneck.quantiles[:, 0, 1]).all()
+    assert (bottleneck.quantiles[:, 0, 1] < bottleneck.quantiles[:, 0, 2]).all()
+    assert not torch.allclose(bottleneck.quantiles, before, atol=1e-2)
+
+
 def test_corrupt_bitstream_is_refused_with_a_clear_error(toy_codec) -> None:
     coding = code_image(toy_codec, smooth_image(64, 64))
     with pytest.raises(BitstreamError, match="truncated"):

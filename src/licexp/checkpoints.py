@@ -48,7 +48,8 @@ def codec_from_checkpoint(
 
     With ``quantizer`` the weights are loaded into the model as trained and the codec then
     codes with ``quantizer`` (:meth:`~licexp.backbones.LearnedCodec.replace_quantizer`).
-    The CDF tables are built for the strategy that codes.
+    The codec is returned ready to code (:meth:`~licexp.backbones.LearnedCodec.prepare_for_coding`):
+    in eval mode, its quantiles fitted, its CDF tables built for the strategy that codes.
     """
     checkpoint = read_checkpoint(path)
     config = checkpoint[CONFIG_KEY]
@@ -67,7 +68,7 @@ def codec_from_checkpoint(
         ) from error
     if quantizer is not None:
         codec.replace_quantizer(quantizer)
-    codec.update(force=True)
+    codec.prepare_for_coding()
     return codec, config
 
 

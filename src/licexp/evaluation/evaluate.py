@@ -53,8 +53,7 @@ def evaluate_images(
     reconstructions: int = 1,
 ) -> list[dict[str, Any]]:
     """Codes every image for real; writes bitstreams and reconstructions; returns the rows."""
-    codec.eval()
-    codec.update(force=True)
+    codec.prepare_for_coding()
     (out_dir / "bitstreams").mkdir(parents=True, exist_ok=True)
     rows = []
     for index, (name, image) in enumerate(images):
