@@ -85,6 +85,10 @@ def test_resume_continues_the_run_and_leaves_the_original_checkpoint(smoke_run, 
     resumed = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert torch.load(original, weights_only=False)["global_step"] == 4
     assert resumed["global_step"] == 6
+    with open(resumed_dir / "csv" / "metrics.csv") as file:
+        steps = {int(row["step"]) for row in csv.DictReader(file) if row["train/loss"]}
+    # A fresh 6-step run logs six steps from step 0; the resumed one only its last two.
+    assert len(steps) == 2 and min(steps) >= 4, steps
     assert original.read_bytes() == before
     assert not (resumed_dir / "wandb").exists(), "W&B extras stay off without logger=wandb"
 

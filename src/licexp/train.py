@@ -9,12 +9,14 @@ Under DDP (``trainer=ddp``, ``trainer=ddp_cpu``) every rank runs this script; gl
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from licexp.checkpoints import check_resumable, init_weights
@@ -77,7 +79,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if trainer.is_global_zero:
             record_run(trainer, module.run_config, output_dir)
         with hydra_ddp_job():
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            except SIGTERMException as stop:  # a SystemExit with status 0: say it failed
+                raise SystemExit(128 + signal.SIGTERM) from stop
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
         if cfg.evaluate and trainer.is_global_zero:

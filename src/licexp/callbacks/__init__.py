@@ -1,5 +1,6 @@
 """Lightning callbacks of licexp (one job each; configs in ``conf/callbacks/``)."""
 
 from licexp.callbacks.gaps import GapMetrics
+from licexp.callbacks.last_checkpoint import LastCheckpoint
 
-__all__ = ["GapMetrics"]
+__all__ = ["GapMetrics", "LastCheckpoint"]

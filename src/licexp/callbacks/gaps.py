@@ -119,6 +119,7 @@ class GapMetrics(L.Callback):
         self.histogram_max_values = histogram_max_values
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
+        self._resumed_generator: Tensor | None = None
         self._latents: list[Tensor] = []
         self.histograms: dict[str, Histogram] = {}
         """The histograms of the latest validation, by file stem."""
@@ -126,6 +127,19 @@ class GapMetrics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Independent Monte-Carlo draws on every rank: their average is then a better estimate.
         self.generator.manual_seed(self.seed + trainer.global_rank)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resumed_generator = state_dict["generator"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A resumed single-process run continues the checkpoint's draws (after the sanity
+        # check's); DDP ranks keep their own seeds (the checkpoint holds rank 0's state).
+        if self._resumed_generator is not None and trainer.world_size == 1:
+            self.generator.set_state(self._resumed_generator)
+        self._resumed_generator = None
 
     def measure(self, module: CodecModule, x: Tensor, output: CodecOutput) -> dict[str, Tensor]:
         """The gaps of one batch, given the codec's training-approximation output."""

@@ -6,8 +6,42 @@ to :class:`ImageDataModule`, which only decides how they are batched.
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
+
+from licexp.data.sampling import ResumableShuffle
+
+
+class StreamLoader(DataLoader):
+    """The training loader; Lightning stores its ``state_dict`` in every checkpoint.
+
+    The position in the stream is the trainer's ``global_step`` (one batch per step), so
+    the state only describes the stream; loading it refuses a resume whose stream would
+    differ (another seed, batch size, world size or dataset length).
+    """
+
+    sampler: ResumableShuffle
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self.sampler
+        return {
+            "seed": sampler.seed,
+            "length": sampler.length,
+            "batch_size": sampler.batch_size,
+            "num_replicas": sampler.num_replicas,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        now = self.state_dict()
+        if state != now:
+            raise ValueError(
+                f"the checkpoint's training stream was {state}, this run's is {now}: resume "
+                "with the run's own data, seed, batch size and devices (or start a new run "
+                "from its weights with init_from=...)"
+            )
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -24,6 +58,8 @@ class ImageDataModule(L.LightningDataModule):
         pin_memory: pin batches in page-locked memory (faster copies to a GPU).
         persistent_workers: keep workers alive between epochs (only used if
             ``num_workers > 0``).
+        seed: seed of the training order (:class:`~licexp.data.sampling.ResumableShuffle`)
+            and of the loaders' worker seeds.
 
     Batches are ``{"image": FloatTensor[B, 3, H, W], "name": list[str]}``.
     """
@@ -38,6 +74,7 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = True,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1 or val_batch_size < 1 or num_workers < 0:
@@ -53,6 +90,7 @@ class ImageDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.seed = seed
 
     @property
     def eval_dataset(self) -> Dataset:
@@ -65,7 +103,16 @@ class ImageDataModule(L.LightningDataModule):
                 f"the training set has {len(self.train_set)} items, fewer than "
                 f"batch_size={self.batch_size}; with drop_last there would be no batch"
             )
-        return self._loader(self.train_set, self.batch_size, shuffle=True, drop_last=True)
+        trainer = self.trainer  # None outside Lightning: one process, from the start
+        sampler = ResumableShuffle(
+            len(self.train_set),
+            self.batch_size,
+            seed=self.seed,
+            num_replicas=1 if trainer is None else trainer.world_size,
+            rank=0 if trainer is None else trainer.global_rank,
+            start_step=0 if trainer is None else trainer.global_step,
+        )
+        return self._loader(self.train_set, self.batch_size, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.val_batch_size)
@@ -74,13 +121,21 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader(self.eval_dataset, self.val_batch_size)
 
     def _loader(
-        self, dataset: Dataset, batch_size: int, shuffle: bool = False, drop_last: bool = False
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        sampler: ResumableShuffle | None = None,
+        drop_last: bool = False,
     ) -> DataLoader:
-        return DataLoader(
+        # A loader's own generator seeds its workers: creating one draws nothing from torch's
+        # global generator, whose stream (the quantisation noise) must resume exactly.
+        kind = DataLoader if sampler is None else StreamLoader
+        return kind(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,

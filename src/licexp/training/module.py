@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -18,6 +20,9 @@ from licexp.training.loss import RateDistortionLoss
 
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
+
+RNG_KEY = "licexp_rng_states"
+"""Checkpoint entry with the global random states at the time the checkpoint was written."""
 
 AUX_PARAMETER_SUFFIX = ".quantiles"
 """``EntropyBottleneck.quantiles`` are trained by the aux loss alone (CompressAI)."""
@@ -36,12 +41,36 @@ def split_parameters(codec: nn.Module) -> tuple[list[nn.Parameter], list[nn.Para
     return main, aux
 
 
+def rng_states() -> dict[str, Any]:
+    """The global random states of torch (CPU and CUDA), numpy and Python, in the types that
+    ``torch.load(weights_only=True)`` reads (tensors, tuples, numbers)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restores what :func:`rng_states` returned."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
 class CodecModule(L.LightningModule):
     """Trains a :class:`LearnedCodec` on ``lambda * D + R`` with manual optimisation.
 
     Two optimisers step every batch: the main one on the RD loss (gradient norm clipped)
     and the aux one on ``codec.aux_loss()``, which fits the ``EntropyBottleneck``
-    quantiles used by the real entropy coder.
+    quantiles used by the real entropy coder; each validation first sets them to the
+    learned density's own (:meth:`~licexp.backbones.LearnedCodec.fit_quantiles`).
     """
 
     def __init__(
@@ -66,6 +95,7 @@ class CodecModule(L.LightningModule):
         self.last_step: tuple[Tensor, CodecOutput] | None = None
         """The latest (batch, output) of a training or validation step, for callbacks that
         measure the model at the state it was trained in (e.g. the gap metrics)."""
+        self._resumed_rng: dict[str, Any] | None = None
 
     def configure_optimizers(self) -> Any:
         main, aux = split_parameters(self.codec)
@@ -87,10 +117,20 @@ class CodecModule(L.LightningModule):
         return terms
 
     def on_train_start(self) -> None:
-        # Every DDP rank is seeded alike; offset the global random stream by the rank, or
-        # all ranks would draw the same quantisation noise for their different images.
-        if self.trainer.world_size > 1:
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
+        """Sets the global random stream that the training steps draw from.
+
+        A resumed single-process run continues the checkpoint's stream (restored here, after
+        the sanity check has drawn from it), so it ends where the uninterrupted run does.
+        Every DDP rank is seeded alike; the stream is offset by the rank, or all ranks would
+        draw the same quantisation noise for their different images, and on resuming by the
+        step (the checkpoint holds rank 0's state only): deterministic, not the same draws.
+        """
+        world, resumed = self.trainer.world_size, self._resumed_rng
+        if world == 1 and resumed is not None:
+            set_rng_states(resumed)
+        elif world > 1:
+            torch.manual_seed(torch.initial_seed() + self.global_rank + world * self.global_step)
+        self._resumed_rng = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         optimizer, aux_optimizer = self.optimizers()
@@ -151,7 +191,8 @@ class CodecModule(L.LightningModule):
         bad = [name for name, value in values.items() if not torch.isfinite(value).all()]
         if not bad:
             return
-        last = getattr(self.trainer.checkpoint_callback, "last_model_path", "")
+        written = [getattr(c, "last_model_path", "") for c in self.trainer.checkpoint_callbacks]
+        last = next((path for path in written if path), "")
         resume = (
             f"resume from the last good checkpoint with ckpt_path={last}"
             if last
@@ -170,6 +211,11 @@ class CodecModule(L.LightningModule):
         return dict(
             zip(names, self.trainer.strategy.reduce(stacked, reduce_op="mean"), strict=True)
         )
+
+    def on_validation_start(self) -> None:
+        # Validation and the checkpoints written after it code z with fitted quantiles,
+        # as the evaluation does; the aux loss fits them too slowly in short runs.
+        self.codec.fit_quantiles()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         terms = self._step_terms(batch["image"])
@@ -191,6 +237,8 @@ class CodecModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["licexp_config"] = self.run_config
+        checkpoint[RNG_KEY] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         resize_entropy_buffers(self, checkpoint["state_dict"])
+        self._resumed_rng = checkpoint.get(RNG_KEY)
