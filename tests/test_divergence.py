@@ -5,10 +5,10 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from licexp.backbones import MeanScaleHyperprior
+from licexp.callbacks import LastCheckpoint
 from licexp.quant import NoiseQuantization
 from licexp.training import CodecModule, DivergenceError, RateDistortionLoss
 
@@ -33,7 +33,7 @@ def test_the_first_non_finite_loss_stops_the_run_before_its_step(tmp_path) -> No
     torch.manual_seed(0)
     codec = MeanScaleHyperprior(N=16, M=24, quantizer=NoiseQuantization())
     module = CodecModule(codec, RateDistortionLoss(0.01), torch.optim.Adam, torch.optim.Adam)
-    checkpoints = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    checkpoints = LastCheckpoint(tmp_path, every_n_steps=1)
     trainer = L.Trainer(
         max_steps=10,
         accelerator="cpu",
@@ -43,7 +43,7 @@ def test_the_first_non_finite_loss_stops_the_run_before_its_step(tmp_path) -> No
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    with pytest.raises(DivergenceError, match=r"at step 3: non-finite loss.*ckpt_path=") as error:
+    with pytest.raises(DivergenceError, match=rf"at step 3: non-finite loss.*ckpt_path={tmp_path / 'last.ckpt'}") as error:
         trainer.fit(module, DataLoader(PoisonedImages(10, poisoned=2), batch_size=1))
     assert "gradient norm" in str(error.value)  # a NaN loss has NaN gradients too
     assert trainer.global_step == 2, "the diverging step was not taken"
