@@ -43,7 +43,9 @@ def test_the_first_non_finite_loss_stops_the_run_before_its_step(tmp_path) -> No
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    with pytest.raises(DivergenceError, match=rf"at step 3: non-finite loss.*ckpt_path={tmp_path / 'last.ckpt'}") as error:
+    with pytest.raises(
+        DivergenceError, match=rf"at step 3: non-finite loss.*ckpt_path={tmp_path / 'last.ckpt'}"
+    ) as error:
         trainer.fit(module, DataLoader(PoisonedImages(10, poisoned=2), batch_size=1))
     assert "gradient norm" in str(error.value)  # a NaN loss has NaN gradients too
     assert trainer.global_step == 2, "the diverging step was not taken"

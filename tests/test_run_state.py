@@ -150,3 +150,19 @@ def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_file(tmp_path, 
         io.save_checkpoint({"global_step": 2}, path)
     assert torch.load(path, weights_only=True) == {"global_step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no partial file is left"
+
+
+def test_two_runs_with_one_seed_are_identical_and_the_data_order_follows_the_seed(tmp_path):
+    """Same seed, same machine, same thread count: the same weights to the bit."""
+    first, _, _ = fit(tmp_path / "first", max_steps=4)
+    second, _, _ = fit(tmp_path / "second", max_steps=4)
+    for name, value in first.state_dict().items():
+        assert torch.equal(second.state_dict()[name], value), name
+    other = ImageDataModule(
+        DeadLeavesDataset(length=10, size=64, seed=3), DeadLeavesDataset(1, 64), batch_size=2
+    )
+    first_batch = next(iter(other.train_dataloader()))["name"]
+    reseeded = ImageDataModule(
+        DeadLeavesDataset(length=10, size=64, seed=3), DeadLeavesDataset(1, 64), 2, seed=6
+    )
+    assert next(iter(reseeded.train_dataloader()))["name"] != first_batch
