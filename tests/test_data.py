@@ -247,6 +247,19 @@ def test_radius_sampler_matches_the_power_law_cdf() -> None:
         assert ks < 1.63 / math.sqrt(len(radii))  # 1 % significance level
 
 
+def test_dead_leaves_sensor_noise_is_gaussian_with_the_set_deviation() -> None:
+    clean = DeadLeavesDataset(length=2, size=128, seed=5)
+    noisy = DeadLeavesDataset(length=2, size=128, seed=5, noise_std=0.02)
+    assert torch.equal(noisy[1]["image"], noisy[1]["image"]), "deterministic per index"
+    difference = noisy[1]["image"] - clean[1]["image"]
+    inside = (clean[1]["image"] > 0.1) & (clean[1]["image"] < 0.9)  # away from the clipping
+    assert abs(difference[inside].std().item() - 0.02) < 0.001
+    assert abs(difference[inside].mean().item()) < 0.001
+    assert noisy[1]["image"].min() >= 0 and noisy[1]["image"].max() <= 1
+    with pytest.raises(ValueError, match="noise_std"):
+        DeadLeavesDataset(noise_std=-0.1)
+
+
 def test_dead_leaves_rejects_bad_radii() -> None:
     with pytest.raises(ValueError, match="min_radius"):
         DeadLeavesDataset(min_radius=10.0, max_radius=5.0)

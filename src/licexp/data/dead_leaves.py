@@ -232,6 +232,10 @@ class DeadLeavesDataset(Dataset):
         min_radius, max_radius: range of leaf radii, in pixels.
         alpha: exponent of the radius law ``p(r) ∝ r^(-alpha)``.
         textured: add a gradient and a grating to each leaf (see the module docstring).
+        noise_std: standard deviation of i.i.d. Gaussian noise added to every pixel and
+            channel (then clipped to ``[0, 1]``), as a camera's sensor adds: photographs have
+            no perfectly flat area, and a model that learns from flat leaves that a latent
+            is exactly 0 there predicts scales at the lower bound where a photo's is not.
 
     Items are ``{"image": FloatTensor[3, size, size] in [0, 1], "name": "dead_leaves_000042"}``.
     """
@@ -245,7 +249,10 @@ class DeadLeavesDataset(Dataset):
         max_radius: float = 100.0,
         alpha: float = 3.0,
         textured: bool = True,
+        noise_std: float = 0.0,
     ) -> None:
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         if length < 0 or size < 1 or seed < 0:
             raise ValueError(
                 f"need length >= 0, size >= 1, seed >= 0; got {length}, {size}, {seed}"
@@ -262,6 +269,7 @@ class DeadLeavesDataset(Dataset):
         self.max_radius = max_radius
         self.alpha = alpha
         self.textured = textured
+        self.noise_std = noise_std
 
     def __len__(self) -> int:
         return self.length
@@ -278,5 +286,8 @@ class DeadLeavesDataset(Dataset):
             alpha=self.alpha,
             textured=self.textured,
         )
+        if self.noise_std > 0:
+            image += rng.normal(0.0, self.noise_std, image.shape).astype(np.float32)
+            np.clip(image, 0.0, 1.0, out=image)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
         return {"image": tensor, "name": f"dead_leaves_{index:06d}"}
