@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import math
 
 import numpy as np
 import PIL
@@ -19,7 +21,9 @@ from licexp.evaluation.anchors import (
     encode_decode,
     quantize_8bit,
 )
+from licexp.evaluation.evaluate import COMPARISON_COLUMNS, compare_with_anchor
 from licexp.evaluation.metrics import psnr
+from licexp.evaluation.results import RDCurve
 
 MAGIC = {
     "jpeg": b"\xff\xd8\xff",
@@ -145,3 +149,57 @@ def test_missing_pillow_feature(monkeypatch: pytest.MonkeyPatch, astronaut: torc
     monkeypatch.setattr(anchors.features, "check", lambda feature: feature != "jpg_2000")
     with pytest.raises(RuntimeError, match="jpeg2000"):
         encode_decode(astronaut, "jpeg2000", 16)
+
+
+def three_db_per_doubling() -> RDCurve:
+    """An anchor gaining 3 dB per doubling of the rate: PSNR = 31 + 3 log2(bpp / 0.5)."""
+    return RDCurve(name="pillow-toy", bpp=[1.0, 0.25, 0.5], psnr=[34.0, 28.0, 31.0])
+
+
+def test_comparison_with_an_anchor_between_its_points_is_read_off_the_log_rate_line() -> None:
+    """The model at (2^-1/2 bpp, 34 dB): the anchor reaches 31 + 3 * 1/2 = 32.5 dB at that
+    rate (1.5 dB less) and needs 1 bpp for 34 dB (the model saves 1 - 2^-1/2 of it)."""
+    bpp = 2**-0.5
+    comparison = compare_with_anchor({"bpp": bpp, "psnr": 34.0}, three_db_per_doubling())
+    assert set(comparison) == set(COMPARISON_COLUMNS)
+    assert comparison["anchor"] == "pillow-toy"
+    assert comparison["anchor_psnr_at_model_bpp"] == pytest.approx(32.5)
+    assert comparison["model_gain_db"] == pytest.approx(1.5)
+    assert comparison["anchor_bpp_at_model_psnr"] == pytest.approx(1.0)
+    assert comparison["model_rate_saving_pct"] == pytest.approx(100 * (1 - bpp))
+
+
+def test_a_model_worse_than_the_anchor_has_a_negative_gain_and_saving() -> None:
+    """(0.5 bpp, 29.5 dB): the anchor has 31 dB at 0.5 bpp and reaches 29.5 dB at
+    0.5 * 2^-1/2 bpp, so the model spends 2^1/2 times its rate."""
+    comparison = compare_with_anchor({"bpp": 0.5, "psnr": 29.5}, three_db_per_doubling())
+    assert comparison["model_gain_db"] == pytest.approx(-1.5)
+    assert comparison["anchor_bpp_at_model_psnr"] == pytest.approx(0.5 * 2**-0.5)
+    assert comparison["model_rate_saving_pct"] == pytest.approx(100 * (1 - 2**0.5))
+
+
+def test_a_model_outside_the_anchors_range_is_compared_where_it_can_be() -> None:
+    # 2 bpp is past the anchor's last point; 33 dB lies within its PSNR range.
+    beyond_rate = compare_with_anchor({"bpp": 2.0, "psnr": 33.0}, three_db_per_doubling())
+    assert beyond_rate["anchor_psnr_at_model_bpp"] is None and beyond_rate["model_gain_db"] is None
+    assert beyond_rate["anchor_bpp_at_model_psnr"] == pytest.approx(0.5 * 2 ** (2 / 3))
+    assert beyond_rate["model_rate_saving_pct"] == pytest.approx(100 * (1 - 2 / 2 ** (-1 / 3)))
+    # 36 dB is above the anchor's best PSNR; 0.25 bpp is its first point.
+    beyond_psnr = compare_with_anchor({"bpp": 0.25, "psnr": 36.0}, three_db_per_doubling())
+    assert beyond_psnr["model_gain_db"] == pytest.approx(8.0)
+    assert beyond_psnr["anchor_bpp_at_model_psnr"] is None
+    assert beyond_psnr["model_rate_saving_pct"] is None
+
+
+def test_an_anchor_with_one_finite_point_gives_no_comparison_and_a_warning(caplog) -> None:
+    lossless = RDCurve(name="pillow-png", bpp=[0.5, 1.0], psnr=[30.0, math.inf])
+    with caplog.at_level(logging.WARNING, logger="licexp.evaluation.evaluate"):
+        comparison = compare_with_anchor({"bpp": 0.7, "psnr": 31.0}, lossless)
+    assert comparison == {
+        "anchor": "pillow-png",
+        "anchor_psnr_at_model_bpp": None,
+        "model_gain_db": None,
+        "anchor_bpp_at_model_psnr": None,
+        "model_rate_saving_pct": None,
+    }
+    assert "no comparison with pillow-png" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from licexp.backbones import MeanScaleHyperprior, ScaleHyperprior
 from licexp.data import DeadLeavesDataset
 from licexp.evaluation.bitstream import BitstreamError
 from licexp.evaluation.codec import code_image, decode_container, pad_to_multiple
-from licexp.evaluation.evaluate import evaluate_codec
+from licexp.evaluation.evaluate import evaluate_codec, evaluate_images, mean_row
 from licexp.quant import NoiseQuantization, StraightThroughQuantization
 from licexp.training import RateDistortionLoss
 
@@ -161,3 +162,30 @@ def test_images_too_small_for_ms_ssim_are_measured_otherwise_and_named(tmp_path)
     assert json.loads((tmp_path / "results.json").read_text())["results"]["ms-ssim-rgb"] == [
         pytest.approx(summary["ms_ssim"])
     ]
+
+
+def test_a_decode_that_differs_from_the_encoder_side_is_logged_and_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decoder out of sync with the encoder (here: the second image's decode moved by
+    0.01) is named in an error and reported in its row; the other image is not."""
+    codec = MeanScaleHyperprior(N=16, M=24, quantizer=StraightThroughQuantization()).eval()
+    decompress = codec.decompress
+    decoded_images = []
+
+    def drifting_decompress(bitstreams):
+        decoded = decompress(bitstreams)
+        decoded_images.append(decoded)
+        return decoded + 0.01 if len(decoded_images) == 2 else decoded
+
+    codec.decompress = drifting_decompress
+    images = [("first", smooth_image(64, 64, seed=1)), ("second", smooth_image(64, 64, seed=2))]
+    with caplog.at_level(logging.ERROR, logger="licexp.evaluation.evaluate"):
+        rows = evaluate_images(codec, images, tmp_path, reconstructions=0)
+    assert len(decoded_images) == 2
+    errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].startswith("DECODE MISMATCH on second:") and "0.01" in errors[0]
+    assert rows[0]["decode_error"] == 0
+    assert rows[1]["decode_error"] == pytest.approx(0.01, rel=1e-3)
+    assert mean_row(rows)["decode_error"] == rows[1]["decode_error"]

@@ -107,6 +107,60 @@ def test_inference_dither_is_reproducible_and_shared_across_the_batch() -> None:
     assert not torch.equal(first, other_seed.from_coded(v, inference=True))
 
 
+def truncated_laplace_cdf(x: float, mu: float, b: float) -> float:
+    """CDF of Laplace(mu, b) truncated to (-1/2, 1/2), in closed form, at ``x`` inside it."""
+
+    def laplace_cdf(value: float) -> float:
+        if value < mu:
+            return 0.5 * math.exp((value - mu) / b)
+        return 1 - 0.5 * math.exp(-(value - mu) / b)
+
+    return (laplace_cdf(x) - laplace_cdf(-0.5)) / (laplace_cdf(0.5) - laplace_cdf(-0.5))
+
+
+def truncated_laplace_mean(mu: float, b: float) -> float:
+    """Mean of Laplace(mu, b) truncated to (-1/2, 1/2), ``-1/2 < mu < 1/2``, in closed form.
+
+    With ``A = mu + 1/2`` and ``B = 1/2 - mu`` (the support on each side of ``mu``) and
+    ``int_0^T t exp(-t / b) dt = b^2 (1 - exp(-T / b) (1 + T / b))``, the halves of
+    ``int x f(x) dx`` are ``mu (1 - e_A) / 2 -+ b (1 - e_A (1 + A / b)) / 2``.
+    """
+    e_low, e_high = math.exp(-(mu + 0.5) / b), math.exp(-(0.5 - mu) / b)
+    mass = (1 - e_low) / 2 + (1 - e_high) / 2
+    below = mu * (1 - e_low) / 2 - b * (1 - e_low * (1 + (mu + 0.5) / b)) / 2
+    above = mu * (1 - e_high) / 2 + b * (1 - e_high * (1 + (0.5 - mu) / b)) / 2
+    return (below + above) / mass
+
+
+@pytest.mark.parametrize(("mu", "b"), [(0.0, 0.3), (0.2, 0.05), (-0.15, 0.2)])
+def test_inference_dither_follows_the_configured_truncated_laplace(monkeypatch, mu, b) -> None:
+    """The ``dn`` that ``from_coded(inference=True)`` puts into the sawtooth (Eq. 15) has the
+    mean and CDF of Laplace(mu, b) truncated to (-1/2, 1/2), both in closed form here."""
+    from licexp.quant import fourier_qecm
+
+    arguments = []
+
+    def recording_sawtooth(x, harmonics=5):
+        arguments.append(x.clone())
+        return fourier_sawtooth(x, harmonics)
+
+    monkeypatch.setattr(fourier_qecm, "fourier_sawtooth", recording_sawtooth)
+    strategy = FourierQECMQuantization(laplace_mu=mu, laplace_b=b, noise_seed=1)
+    # Quantised coded values (integers), one item of 200,000 elements: dn has their shape.
+    coded = torch.randint(-3, 4, (1, 8, 125, 200), generator=torch.Generator().manual_seed(2))
+    coded = coded.double()
+    decoded = strategy.from_coded(coded, inference=True)
+    (argument,) = arguments
+    dn = (argument - coded).flatten()
+    assert torch.allclose(decoded, coded + fourier_sawtooth(argument, 5))
+    assert dn.min() > -0.5 and dn.max() < 0.5
+    # Standard error of the mean <= 0.29 / sqrt(2e5) ~ 6.5e-4; of a CDF value <= 1.1e-3.
+    assert dn.mean().item() == pytest.approx(truncated_laplace_mean(mu, b), abs=3e-3)
+    for point in (-0.4, -0.2, -0.05, 0.0, 0.1, 0.25, 0.45):
+        empirical = (dn < point).double().mean().item()
+        assert empirical == pytest.approx(truncated_laplace_cdf(point, mu, b), abs=5e-3), point
+
+
 @pytest.mark.parametrize("kwargs", [{"harmonics": -1}, {"laplace_mu": 0.5}, {"laplace_b": 0}])
 def test_invalid_arguments_fail_clearly(kwargs) -> None:
     with pytest.raises(ValueError):

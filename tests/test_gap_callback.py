@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import hydra
 import lightning as L
 import pytest
@@ -68,3 +70,73 @@ def test_validation_logs_every_gap_under_lightnings_inference_mode(quant, tmp_pa
     for name in ("discrete", "entropy_w1", "rate_gap_bits", "lss"):
         assert torch.isfinite(torch.tensor(metrics[f"val/gaps/{name}"]))
     assert list((tmp_path / "gaps").glob("latent_histogram_step*.png"))
+
+
+class RecordedGapMetrics(GapMetrics):
+    """GapMetrics that keeps what each training measurement returned, by batch index."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.batch_index = -1
+        self.measured: dict[int, dict[str, float]] = {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.batch_index = batch_idx
+
+    def measure(self, module, x, output):
+        gaps = super().measure(module, x, output)
+        if module.training:
+            self.measured[self.batch_index] = {name: float(v) for name, v in gaps.items()}
+        return gaps
+
+
+class RandomImages(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(index))}
+
+
+@pytest.mark.parametrize("log_every_n_steps", [1, 2])
+def test_training_gaps_are_logged_every_n_steps_at_their_own_step_only(
+    tmp_path, log_every_n_steps
+) -> None:
+    """With ``every_n_steps=3``, 8 steps are measured at batches 0, 3 and 6 (global steps 1,
+    4, 7): ``train/gaps/*`` are written for these steps, at the step of the batch's own
+    ``train/loss`` row, with the measured values, whatever ``log_every_n_steps``, and for no
+    other step (Lightning would repeat an ``on_step`` value on every later row)."""
+    torch.manual_seed(0)
+    gaps = RecordedGapMetrics(every_n_steps=3, lss_samples=1)
+    trainer = L.Trainer(
+        max_steps=8,
+        accelerator="cpu",
+        callbacks=[gaps],
+        logger=L.pytorch.loggers.CSVLogger(tmp_path, name="", version=""),
+        log_every_n_steps=log_every_n_steps,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(
+        module_with(NoiseQuantization()),
+        torch.utils.data.DataLoader(RandomImages(), batch_size=1),
+    )
+    assert sorted(gaps.measured) == [0, 3, 6]
+    with open(tmp_path / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    loss_steps = {int(row["step"]) for row in rows if row["train/loss"]}
+    assert loss_steps == {b for b in range(8) if (b + 1) % log_every_n_steps == 0}
+    logged: dict[int, dict[str, float]] = {}
+    for row in rows:
+        values = {k.removeprefix("train/gaps/"): v for k, v in row.items() if "train/gaps/" in k}
+        if any(values.values()):
+            assert all(values.values()), row  # the four gaps together
+            assert int(row["step"]) not in logged, "one row per measurement"
+            logged[int(row["step"])] = {name: float(value) for name, value in values.items()}
+    assert sorted(logged) == [0, 3, 6]
+    for step, values in logged.items():
+        assert values == pytest.approx(gaps.measured[step], rel=1e-6)
+    if log_every_n_steps == 1:
+        assert set(logged) <= loss_steps
