@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -15,10 +16,12 @@ from licexp.checkpoints import (
     check_resumable,
     codec_from_checkpoint,
     find_last_checkpoint,
+    init_weights,
     read_checkpoint,
 )
 from licexp.quant import StraightThroughQuantization
 from licexp.quant.tcq import TrellisCodedQuantization
+from licexp.training import CodecModule, RateDistortionLoss
 
 CONFIG = {
     "backbone": {"_target_": "licexp.backbones.MeanScaleHyperprior", "N": 16, "M": 24},
@@ -113,3 +116,88 @@ def test_the_newest_last_checkpoint_is_found_in_runs_and_multiruns(tmp_path) -> 
         path.write_bytes(b"")
         os.utime(path, (now - age, now - age))
     assert find_last_checkpoint(tmp_path) == paths[1]
+
+
+ENTROPY_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def entropy_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: buffer
+        for name, buffer in module.named_buffers()
+        if name.rsplit(".", 1)[-1] in ENTROPY_BUFFERS
+    }
+
+
+def tiny_codec_module(seed: int) -> CodecModule:
+    torch.manual_seed(seed)
+    codec = MeanScaleHyperprior(16, 24, StraightThroughQuantization())
+    return CodecModule(codec, RateDistortionLoss(0.01), torch.optim.Adam, torch.optim.Adam)
+
+
+@pytest.fixture(scope="module")
+def updated_lightning_checkpoint(tmp_path_factory) -> tuple[Path, CodecModule]:
+    """A checkpoint written by Lightning after a training step, with the CDF tables built."""
+    module = tiny_codec_module(seed=0)
+    module.run_config = CONFIG
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    images = [{"image": torch.rand(3, 64, 64)} for _ in range(2)]
+    trainer.fit(module, torch.utils.data.DataLoader(images, batch_size=2))
+    module.codec.prepare_for_coding()
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    trainer.save_checkpoint(path)
+    return path, module
+
+
+def assert_decodes_the_trained_models_bitstreams(loaded: CodecModule, trained: CodecModule):
+    """The loaded tables are the trained model's, as are those the loaded weights build (a
+    loaded model codes after ``update``: which strategy built the tables is not saved), and
+    the loaded model decodes the trained model's bitstreams to its reconstruction."""
+    expected = entropy_buffers(trained)
+    assert all(buffer.numel() > 0 for buffer in expected.values())
+    buffers = entropy_buffers(loaded)
+    assert set(buffers) == set(expected)
+    assert all(torch.equal(buffers[name], expected[name]) for name in expected)
+    loaded.codec.update(force=True)
+    rebuilt = entropy_buffers(loaded)
+    assert all(torch.equal(rebuilt[name], expected[name]) for name in expected)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        bitstreams = trained.codec.eval().compress(x)
+        assert torch.equal(loaded.codec.eval().decompress(bitstreams), trained.codec(x).x_hat)
+
+
+def test_init_from_loads_updated_cdf_tables_into_a_fresh_module(
+    updated_lightning_checkpoint,
+) -> None:
+    path, trained = updated_lightning_checkpoint
+    fresh = tiny_codec_module(seed=1)
+    assert all(buffer.numel() == 0 for buffer in entropy_buffers(fresh).values())
+    init_weights(fresh.codec, path, CONFIG["backbone"])
+    assert_decodes_the_trained_models_bitstreams(fresh, trained)
+
+
+def test_lightning_loads_updated_cdf_tables_into_a_fresh_module(
+    updated_lightning_checkpoint,
+) -> None:
+    """``CodecModule.on_load_checkpoint`` resizes the tables before Lightning loads them."""
+    path, trained = updated_lightning_checkpoint
+    torch.manual_seed(1)
+    loaded = CodecModule.load_from_checkpoint(
+        path,
+        map_location="cpu",
+        weights_only=False,
+        codec=MeanScaleHyperprior(16, 24, StraightThroughQuantization()),
+        loss=RateDistortionLoss(0.01),
+        optimizer=torch.optim.Adam,
+        aux_optimizer=torch.optim.Adam,
+    )
+    assert_decodes_the_trained_models_bitstreams(loaded, trained)

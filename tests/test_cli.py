@@ -134,6 +134,55 @@ def test_eval_cli_evaluates_a_folder_of_ones_own_images(smoke_run, tmp_path) -> 
     assert f"Evaluating 2 images from {folder}" in result.stdout + result.stderr
 
 
+def test_stage2_trains_the_decoder_alone_resumes_and_codes_with_its_quantiser(
+    smoke_run, tmp_path
+) -> None:
+    """experiment=stage2 from the noise-trained smoke model, with TCQ: the encoder stays the
+    stage-1 encoder through a run and its resume; lambda and what was frozen are recorded;
+    the evaluation codes with TCQ."""
+    run_dir, _ = smoke_run
+    stage1 = run_dir / "checkpoints" / "last.ckpt"
+    stage2 = [*SMOKE, "experiment=stage2", f"init_from={stage1}", "quant=tcq", "evaluate=false"]
+    first, resumed = tmp_path / "stage2", tmp_path / "resumed"
+    run("licexp.train", *stage2, "trainer.max_steps=2", f"hydra.run.dir={first}")
+    checkpoint = first / "checkpoints" / "last.ckpt"
+    run(
+        "licexp.train",
+        *stage2,
+        "trainer.max_steps=3",
+        f"ckpt_path={checkpoint}",
+        f"hydra.run.dir={resumed}",
+    )
+    before = torch.load(stage1, weights_only=False)
+    after = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=False)
+    assert after["global_step"] == 3
+    assert after["licexp_config"]["lmbda"] == before["licexp_config"]["lmbda"]
+    assert after["licexp_config"]["quant"]["_target_"].endswith("TrellisCodedQuantization")
+    assert "g_a" in after["licexp_frozen_modules"] and "g_s" not in after["licexp_frozen_modules"]
+    for name, value in before["state_dict"].items():
+        if name.startswith("codec.g_a."):
+            assert torch.equal(after["state_dict"][name], value), name
+    moved = [
+        name
+        for name, value in before["state_dict"].items()
+        if name.startswith("codec.g_s.") and not torch.equal(after["state_dict"][name], value)
+    ]
+    assert moved, "the decoder trained"
+    out = tmp_path / "eval"
+    run(
+        "licexp.eval",
+        f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}",
+        "data.test.names=[chelsea]",
+        "data.test.crop_size=128",
+        "anchors=[]",
+        f"hydra.run.dir={out}",
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert "stage2-tcq" in results["name"]
+    with open(out / "per_image.csv") as file:
+        assert float(next(csv.DictReader(file))["decode_error"]) == 0
+
+
 def test_eval_cli_codes_a_checkpoint_with_another_strategy(smoke_run, tmp_path) -> None:
     """The noise-trained smoke model, coded with TCQ at inference: its own bitstreams."""
     run_dir, _ = smoke_run

@@ -154,22 +154,18 @@ def test_init_from_loads_the_weights_but_not_the_step_or_the_optimiser(sweep_dir
     )
 
 
-@pytest.mark.parametrize(
-    ("overrides", "error", "message"),
-    [
-        (["backbone.N=32"], CheckpointError, "holds a different backbone"),
-        (["ckpt_path={ckpt}"], ValueError, "exclude each other"),
-    ],
-)
-def test_init_from_refuses_what_does_not_fit(
-    sweep_dir, tmp_path, overrides, error, message
-) -> None:
+def test_init_from_refuses_another_backbone(sweep_dir, tmp_path) -> None:
     ckpt = sweep_dir / "0" / "checkpoints" / "last.ckpt"
-    overrides = [o.format(ckpt=ckpt) for o in overrides]
     cfg = _train_in_process(
-        [*QUICK, "logger=none", f"init_from={ckpt}", f"paths.output_dir={tmp_path}", *overrides]
+        [
+            *QUICK,
+            "logger=none",
+            f"init_from={ckpt}",
+            f"paths.output_dir={tmp_path}",
+            "backbone.N=32",
+        ]
     )
-    with pytest.raises(error, match=message):
+    with pytest.raises(CheckpointError, match="holds a different backbone"):
         train(cfg)
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import hydra
 import torch
-from torch import nn
 
 from licexp.backbones import LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
@@ -16,6 +15,10 @@ from licexp.quant import QuantizationStrategy
 
 CONFIG_KEY = "licexp_config"
 CODEC_PREFIX = "codec."
+ATTACHED_KEY = "attached_quant"
+"""Run-config entry: the strategy whose ``attach`` shaped the modules, when it is not the
+strategy the run trains and codes with (a stage-2 run keeps stage 1's, e.g. Soft-STE's
+spectrally normalised encoder)."""
 
 
 class CheckpointError(ValueError):
@@ -41,6 +44,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def codec_state(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The codec's entries of a CodecModule checkpoint's ``state_dict``, unprefixed."""
+    return {
+        key[len(CODEC_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(CODEC_PREFIX)
+    }
+
+
 def codec_from_checkpoint(
     path: str | Path, quantizer: QuantizationStrategy | None = None
 ) -> tuple[LearnedCodec, dict[str, Any]]:
@@ -53,13 +65,8 @@ def codec_from_checkpoint(
     """
     checkpoint = read_checkpoint(path)
     config = checkpoint[CONFIG_KEY]
-    trained = hydra.utils.instantiate(config["quant"])
-    codec = hydra.utils.instantiate(config["backbone"], quantizer=trained)
-    state = {
-        key[len(CODEC_PREFIX) :]: value
-        for key, value in checkpoint["state_dict"].items()
-        if key.startswith(CODEC_PREFIX)
-    }
+    codec = build_codec(config["backbone"], config["quant"], config.get(ATTACHED_KEY))
+    state = codec_state(checkpoint)
     try:
         codec.load_state_dict(state)
     except RuntimeError as error:
@@ -72,6 +79,31 @@ def codec_from_checkpoint(
     return codec, config
 
 
+def build_codec(
+    backbone: Mapping[str, Any],
+    quant: Mapping[str, Any],
+    attached: Mapping[str, Any] | None = None,
+) -> LearnedCodec:
+    """The backbone with the strategy ``attached`` attached, coding with ``quant``.
+
+    ``attached`` (default: ``quant``) decides the modules' parametrisation, so that weights
+    trained with it load (:attr:`ATTACHED_KEY`); the codec then trains and codes with
+    ``quant`` (:meth:`~licexp.backbones.LearnedCodec.replace_quantizer`).
+    """
+    quantizer = hydra.utils.instantiate(quant)
+    if attached is None or dict(attached) == dict(quant):
+        return hydra.utils.instantiate(backbone, quantizer=quantizer)
+    codec = hydra.utils.instantiate(backbone, quantizer=hydra.utils.instantiate(attached))
+    codec.replace_quantizer(quantizer)
+    return codec
+
+
+def attached_quant(path: str | Path) -> dict[str, Any]:
+    """The strategy whose ``attach`` shaped the modules of the checkpoint at ``path``."""
+    config = read_checkpoint(path)[CONFIG_KEY]
+    return config.get(ATTACHED_KEY) or config["quant"]
+
+
 def check_resumable(path: str | Path, backbone: Mapping[str, Any]) -> None:
     """Raises a clear error unless ``path`` is a licexp checkpoint of ``backbone``."""
     trained = read_checkpoint(path)[CONFIG_KEY].get("backbone")
@@ -82,8 +114,8 @@ def check_resumable(path: str | Path, backbone: Mapping[str, Any]) -> None:
         )
 
 
-def init_weights(module: nn.Module, path: str | Path, backbone: Mapping[str, Any]) -> None:
-    """Loads a checkpoint's weights into ``module`` (a ``CodecModule``) to start a new run.
+def init_weights(codec: LearnedCodec, path: str | Path, backbone: Mapping[str, Any]) -> None:
+    """Loads a checkpoint's codec weights into ``codec`` to start a new run.
 
     Only the weights: optimiser, scheduler and step count start afresh (``ckpt_path`` resumes
     all of them instead). The checkpoint's resolved backbone config must equal ``backbone``.
@@ -95,9 +127,10 @@ def init_weights(module: nn.Module, path: str | Path, backbone: Mapping[str, Any
             f"init_from={path} holds a different backbone: it was trained with {trained}, "
             f"this run builds {dict(backbone)}"
         )
-    resize_entropy_buffers(module, checkpoint["state_dict"])
+    state = codec_state(checkpoint)
+    resize_entropy_buffers(codec, state)
     try:
-        module.load_state_dict(checkpoint["state_dict"])
+        codec.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(f"the weights of init_from={path} do not fit: {error}") from error
 

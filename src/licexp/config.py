@@ -69,8 +69,23 @@ def wandb_offline(mode: str) -> bool:
     return mode == "offline"
 
 
+def trained_value(path: str | None, key: str) -> Any:
+    """The value of the top-level ``key`` in the run config of the checkpoint at ``path``
+    (a stage-2 run's ``lmbda`` is its stage-1 checkpoint's)."""
+    from licexp.checkpoints import CONFIG_KEY, CheckpointError, read_checkpoint
+
+    if path is None:
+        raise ValueError(f"{key} comes from a checkpoint: pass init_from=<its last.ckpt>")
+    config = read_checkpoint(path)[CONFIG_KEY]
+    if key not in config:
+        raise CheckpointError(f"checkpoint {path} records no {key!r} in its run config")
+    return config[key]
+
+
 def register_resolvers() -> None:
-    """Registers licexp's config resolvers: ``${licexp.sweep:}`` (:func:`sweep_name`) and
-    ``${licexp.wandb_offline:<mode>}`` (:func:`wandb_offline`)."""
+    """Registers licexp's config resolvers: ``${licexp.sweep:}`` (:func:`sweep_name`),
+    ``${licexp.wandb_offline:<mode>}`` (:func:`wandb_offline`) and
+    ``${licexp.trained:<checkpoint>,<key>}`` (:func:`trained_value`)."""
     OmegaConf.register_new_resolver("licexp.sweep", sweep_name, replace=True)
     OmegaConf.register_new_resolver("licexp.wandb_offline", wandb_offline, replace=True)
+    OmegaConf.register_new_resolver("licexp.trained", trained_value, replace=True)

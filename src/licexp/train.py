@@ -19,7 +19,13 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from licexp.checkpoints import check_resumable, init_weights
+from licexp.checkpoints import (
+    ATTACHED_KEY,
+    attached_quant,
+    build_codec,
+    check_resumable,
+    init_weights,
+)
 from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
 from licexp.distributed import hydra_ddp_job
 from licexp.evaluation.evaluate import evaluate_codec
@@ -59,16 +65,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_resumable(cfg.ckpt_path, OmegaConf.to_container(cfg.backbone, resolve=True))
 
     datamodule = hydra.utils.instantiate(cfg.data)
-    quantizer = hydra.utils.instantiate(cfg.quant)
-    codec = hydra.utils.instantiate(cfg.backbone, quantizer=quantizer)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    # Weights from a checkpoint load into modules shaped as they were trained (stage 1's
+    # strategy attached); the run then trains and codes with cfg.quant.
+    source = cfg.ckpt_path or cfg.init_from
+    attached = attached_quant(source) if source is not None else run_config["quant"]
+    codec = build_codec(run_config["backbone"], run_config["quant"], attached)
+    run_config[ATTACHED_KEY] = attached
+    if cfg.init_from is not None and cfg.ckpt_path is None:  # a resume restores its own
+        init_weights(codec, cfg.init_from, run_config["backbone"])
+        codec.fit_quantiles()  # the z coder's range and median, as inference would use
     module = hydra.utils.instantiate(cfg.model, codec=codec)
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    if cfg.init_from is not None:
-        if cfg.ckpt_path is not None:
-            raise ValueError(
-                "init_from (fine-tune from weights) and ckpt_path (resume) exclude each other"
-            )
-        init_weights(module, cfg.init_from, module.run_config["backbone"])
+    module.run_config = run_config
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=instantiate_collection(cfg.get("callbacks")),

@@ -58,6 +58,11 @@ class LearnedCodec(CompressionModel):
     downsampling_factor: int = 64
     """Input sides must be multiples of this; evaluation pads images to it."""
 
+    module_roles: dict[str, tuple[str, ...]] = {}
+    """Role -> module names, for training a part of the codec (``model.trainable``):
+    ``synthesis`` (the decoder ``g_s``) and ``entropy_parameters`` (the hyper decoder and
+    whatever else turns ``z_hat`` and decoded context into the means and scales)."""
+
     quantizer: QuantizationStrategy
     latent: GaussianLatentCoder
 

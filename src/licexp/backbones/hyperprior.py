@@ -40,6 +40,8 @@ class HyperpriorCodec(LearnedCodec):
     and how ``h_s``'s output splits into entropy parameters (:meth:`entropy_parameters`).
     """
 
+    module_roles = {"synthesis": ("g_s",), "entropy_parameters": ("h_s",)}
+
     def __init__(self, N: int, M: int, quantizer: QuantizationStrategy) -> None:
         super().__init__()
         check_channels(N=N, M=M)

@@ -104,6 +104,8 @@ class TinyLIC(LearnedCodec):
     (:func:`padding_multiple`, 256 for the paper's kernels); evaluation pads to it.
     """
 
+    module_roles = {"synthesis": ("g_s",), "entropy_parameters": ("h_s", "context_model")}
+
     def __init__(
         self,
         N: int = 128,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning as L
@@ -16,10 +16,14 @@ from torch.optim.lr_scheduler import LRScheduler
 from licexp.backbones import CodecOutput, LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
 from licexp.evaluation.metrics import ms_ssim_batch, psnr_batch
+from licexp.training.freezing import freeze_all_but, modules_of_roles
 from licexp.training.loss import RateDistortionLoss
 
 OptimizerFactory = Callable[[Iterator[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[[Optimizer], LRScheduler]
+
+FROZEN_KEY = "licexp_frozen_modules"
+"""Checkpoint entry naming the codec modules that were frozen (``model.trainable``)."""
 
 RNG_KEY = "licexp_rng_states"
 """Checkpoint entry with the global random states at the time the checkpoint was written."""
@@ -71,6 +75,11 @@ class CodecModule(L.LightningModule):
     and the aux one on ``codec.aux_loss()``, which fits the ``EntropyBottleneck``
     quantiles used by the real entropy coder; each validation first sets them to the
     learned density's own (:meth:`~licexp.backbones.LearnedCodec.fit_quantiles`).
+
+    ``trainable`` (roles of ``codec.module_roles``, e.g. ``["synthesis"]``) trains only
+    those modules: every other parameter is frozen and its module kept in eval mode
+    (:func:`~licexp.training.freezing.freeze_all_but`). With the latent coders frozen the
+    forward pass quantises exactly as at inference: stage 2 of Borzechowski et al.
     """
 
     def __init__(
@@ -81,6 +90,7 @@ class CodecModule(L.LightningModule):
         aux_optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         clip_grad_norm: float | None = 1.0,
+        trainable: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -96,15 +106,30 @@ class CodecModule(L.LightningModule):
         """The latest (batch, output) of a training or validation step, for callbacks that
         measure the model at the state it was trained in (e.g. the gap metrics)."""
         self._resumed_rng: dict[str, Any] | None = None
+        self.frozen_modules: list[str] = []
+        """Codec modules frozen by ``trainable`` (kept in eval mode)."""
+        if trainable is not None:
+            self.frozen_modules = freeze_all_but(codec, modules_of_roles(codec, trainable))
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> CodecModule:
+        """``nn.Module.train``, leaving the frozen modules in eval mode."""
+        super().train(mode)
+        for name in self.frozen_modules:
+            self.codec.get_submodule(name).eval()
+        return self
 
     def configure_optimizers(self) -> Any:
         main, aux = split_parameters(self.codec)
+        if not main:
+            raise ValueError("model.trainable leaves no parameter to train")
         optimizer = self.optimizer_factory(main)
-        aux_optimizer = self.aux_optimizer_factory(aux)
+        # Frozen quantiles (stage 2) leave the aux optimiser nothing to fit.
+        optimizers = [optimizer, self.aux_optimizer_factory(aux)] if aux else [optimizer]
         if self.scheduler_factory is None:
-            return [optimizer, aux_optimizer]
+            return optimizers
         scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
-        return [optimizer, aux_optimizer], [scheduler]
+        return optimizers, [scheduler]
 
     def _step_terms(self, x: Tensor) -> dict[str, Tensor]:
         output = self.codec(x)
@@ -133,7 +158,8 @@ class CodecModule(L.LightningModule):
         self._resumed_rng = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        optimizer, aux_optimizer = self.optimizers()
+        optimizers = self.optimizers()
+        optimizer, *aux_optimizer = optimizers if isinstance(optimizers, list) else [optimizers]
         terms = self._step_terms(batch["image"])
         aux_loss = self.codec.aux_loss()
 
@@ -150,8 +176,9 @@ class CodecModule(L.LightningModule):
         # the main step (CompressAI: after it), a one-step lag behind the density that the
         # quantiles track.
         optimizer.zero_grad(set_to_none=True)
-        aux_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(terms["loss"] + aux_loss)
+        for aux in aux_optimizer:
+            aux.zero_grad(set_to_none=True)
+        self.manual_backward(terms["loss"] + aux_loss if aux_optimizer else terms["loss"])
         gradients = [
             p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None
         ]
@@ -169,7 +196,8 @@ class CodecModule(L.LightningModule):
         optimizer.step()
         # The aux step goes to the wrapped torch optimiser: a LightningOptimizer's step()
         # would advance trainer.global_step a second time per batch, halving max_steps.
-        aux_optimizer.optimizer.step()
+        for aux in aux_optimizer:
+            aux.optimizer.step()
 
         scheduler = self.lr_schedulers()
         if scheduler is not None:
@@ -238,6 +266,7 @@ class CodecModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["licexp_config"] = self.run_config
         checkpoint[RNG_KEY] = rng_states()
+        checkpoint[FROZEN_KEY] = self.frozen_modules
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         resize_entropy_buffers(self, checkpoint["state_dict"])
