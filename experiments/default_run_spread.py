@@ -2,7 +2,7 @@
 
     .venv/bin/python experiments/default_run_spread.py [--seeds 42 43 44] [--threads 1 2]
         [--jobs 1] [--out experiments/results/default_run_spread] [--runs logs/default_run_spread]
-        [-- <train overrides>...]
+        [--overrides <train overrides>...]
 
 Runs ``python -m licexp.train seed=<s> <overrides>`` (what ``make train`` runs) once per seed
 and thread count (``OMP_NUM_THREADS``; ``--jobs`` runs at most that many at once, each
@@ -70,7 +70,7 @@ def main() -> None:
         "--out", type=Path, default=REPO_ROOT / "experiments/results/default_run_spread"
     )
     parser.add_argument("--runs", type=Path, default=REPO_ROOT / "logs/default_run_spread")
-    parser.add_argument("overrides", nargs="*", help="training overrides (after --)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="training overrides")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)

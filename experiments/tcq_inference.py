@@ -87,15 +87,15 @@ def measure(
     return {key: mean[key] for key in FIELDS[3:]} | {"lmbda": config.get("lmbda")}
 
 
-def bd_table(points: list[dict]) -> list[dict]:
-    """BD-rate / BD-PSNR of each coding's curve over the checkpoints against ``trained``."""
+def bd_table(points: list[dict], reference_coding: str = "trained") -> list[dict]:
+    """BD-rate / BD-PSNR of each coding's curve over the checkpoints against the reference's."""
     curves: dict[str, list[dict]] = {}
     for point in points:
         curves.setdefault(point["coding"], []).append(point)
-    reference = curves["trained"]
+    reference = curves[reference_coding]
     table = []
     for coding, curve in curves.items():
-        if coding == "trained" or len(curve) < 2:
+        if coding == reference_coding or len(curve) < 2:
             continue
         args = (
             [p["bpp"] for p in reference],
