@@ -28,7 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from tcq_inference import bd_table, test_images  # noqa: E402
+from tcq_inference import bd_table, save_rd_figure, test_images  # noqa: E402
 
 from licexp.checkpoints import codec_from_checkpoint  # noqa: E402
 from licexp.evaluation.evaluate import evaluate_images, mean_row  # noqa: E402
@@ -84,14 +84,7 @@ def plot(points: list[dict], label: str, path: Path) -> None:
         curve = sorted((p for p in points if p["coding"] == coding), key=lambda p: p["bpp"])
         style = styles.get(coding, ("-" if "ste" in coding else "--") + ".")
         axis.plot([p["bpp"] for p in curve], [p["psnr"] for p in curve], style, label=coding)
-    axis.set_xlabel("bpp (real bitstreams)")
-    axis.set_ylabel("PSNR-RGB (dB)")
-    axis.set_title(f"Stage 2 on truly quantised latents, {label}")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_rd_figure(figure, axis, f"Stage 2 on truly quantised latents, {label}", path)
 
 
 def main() -> None:

@@ -194,9 +194,14 @@ def plot(points: list[dict], label: str, path: Path) -> None:
                 color=colours[index % len(colours)],
                 label=f"{name} (rd_lambda sweep)" if checkpoint == checkpoints[0] else None,
             )
+    save_rd_figure(figure, axis, f"TCQ at inference on the same weights, {label}", path)
+
+
+def save_rd_figure(figure: plt.Figure, axis: plt.Axes, title: str, path: Path) -> None:
+    """Labels an RD plot (real-bitstream bpp against PSNR) and writes it to ``path``."""
     axis.set_xlabel("bpp (real bitstreams)")
     axis.set_ylabel("PSNR-RGB (dB)")
-    axis.set_title(f"TCQ at inference on the same weights, {label}")
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

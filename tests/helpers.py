@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 from compressai.models.base import get_scale_table
 from hydra import compose, initialize_config_dir
@@ -20,6 +21,12 @@ from licexp.config import register_resolvers
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
 SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def quiet_trainer(**settings: object) -> L.Trainer:
+    """A CPU Lightning trainer without logger, progress bar or model summary."""
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    return L.Trainer(accelerator="cpu", **{**quiet, **settings})
 
 
 def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:

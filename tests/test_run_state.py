@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from licexp.backbones import MeanScaleHyperprior
@@ -64,14 +65,10 @@ def fit(
     )
     gaps = GapMetrics(every_n_steps=2, lss_samples=1)
     steps = StepsTrained(out / LastCheckpoint.FILE_NAME)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_steps=max_steps,
-        accelerator="cpu",
         callbacks=[gaps, steps, LastCheckpoint(out, every_n_steps), *(extra or [])],
         plugins=[AtomicCheckpointIO()],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         val_check_interval=val_check_interval,
         num_sanity_val_steps=1,
         default_root_dir=out,

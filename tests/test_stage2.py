@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer
 from test_evaluation import train_toy_codec
 
 from licexp.backbones import LearnedCodec
@@ -82,13 +83,9 @@ def train_steps(module: CodecModule, steps: int, out: Path) -> ModesDuringSteps:
     data = ImageDataModule(
         DeadLeavesDataset(length=8, size=64, seed=1), DeadLeavesDataset(1, 64), batch_size=2
     )
-    L.Trainer(
+    quiet_trainer(
         max_steps=steps,
-        accelerator="cpu",
         callbacks=[modes],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         enable_checkpointing=False,
         limit_val_batches=0,
         default_root_dir=out,
