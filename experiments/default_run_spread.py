@@ -7,7 +7,8 @@
 Runs ``python -m licexp.train seed=<s> <overrides>`` (what ``make train`` runs) once per seed
 and thread count (``OMP_NUM_THREADS``; ``--jobs`` runs at most that many at once, each
 with its own threads: keep jobs x threads within the cores), reads each run's real-bitstream
-evaluation (``eval/results.json``) and writes ``runs.csv`` (one row per run) and
+evaluation (``eval/results.json``) and writes ``runs.csv`` (one row per run, with the
+minutes from the run's first file to its results) and
 ``spread.md``: per metric the mean, the range, and the spread (bpp: max / min - 1; PSNR
 and MS-SSIM: max - min). The runs themselves go to ``--runs``; finished ones are read, not
 rerun.
@@ -43,7 +44,12 @@ def run_training(run_dir: Path, seed: int, threads: int, overrides: list[str]) -
         with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
             subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log, check=True)
     values = json.loads(results.read_text())["results"]
-    return {name: float(values[key][0]) for name, key in METRICS.items()}
+    metrics = {name: float(values[key][0]) for name, key in METRICS.items()}
+    # From the run's first file to its results: training and evaluation, not the start-up.
+    metrics["minutes"] = (
+        results.stat().st_mtime - (run_dir / "run_info.json").stat().st_mtime
+    ) / 60
+    return metrics
 
 
 def spread_table(rows: list[dict[str, float]]) -> str:
