@@ -93,11 +93,16 @@ def test_last_checkpoint_is_written_every_n_steps(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_weights(tmp_path, signum) -> None:
+def test_an_interrupted_run_resumes_to_the_uninterrupted_runs_weights(
+    tmp_path, request, signum
+) -> None:
     """Interrupted mid-epoch after step 7, resumed to step 12: the weights, the aux and main
     optimiser states and the gap metrics' random stream end bit-identical to one
     uninterrupted run; the resumed run trains only steps 8 to 12. Ctrl-C and SIGTERM stop
     after the step in flight; neither is allowed to reach Python's default handler."""
+    # A background job (CI, nohup) starts with Ctrl-C ignored, which the callback respects.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     reference, reference_gaps, _ = fit(tmp_path / "reference", max_steps=12)
     interrupted = tmp_path / "interrupted"
     expected = KeyboardInterrupt if signum == signal.SIGINT else SIGTERMException

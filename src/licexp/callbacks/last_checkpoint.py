@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -59,10 +60,11 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._interrupted = False
-        try:
+        self._previous_sigint = None
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # nohup: Ctrl-C stays ignored
+            return
+        with contextlib.suppress(ValueError):  # not the main thread: Ctrl-C keeps its default
             self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
-            self._previous_sigint = None
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         log.warning(
