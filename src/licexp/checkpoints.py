@@ -98,20 +98,30 @@ def build_codec(
     return codec
 
 
-def attached_quant(path: str | Path) -> dict[str, Any]:
-    """The strategy whose ``attach`` shaped the modules of the checkpoint at ``path``."""
-    config = read_checkpoint(path)[CONFIG_KEY]
+def attached_quant(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The strategy whose ``attach`` shaped the modules of a checkpoint with run ``config``."""
     return config.get(ATTACHED_KEY) or config["quant"]
 
 
-def check_resumable(path: str | Path, backbone: Mapping[str, Any]) -> None:
-    """Raises a clear error unless ``path`` is a licexp checkpoint of ``backbone``."""
-    trained = read_checkpoint(path)[CONFIG_KEY].get("backbone")
+def check_backbone(
+    config: Mapping[str, Any], backbone: Mapping[str, Any], option: str, hint: str = ""
+) -> None:
+    """Raises a clear error unless a checkpoint's run ``config`` was trained as ``backbone``;
+    ``option`` (``"ckpt_path=<path>"``) names where the checkpoint came from."""
+    trained = config.get("backbone")
     if trained != dict(backbone):
         raise CheckpointError(
-            f"ckpt_path={path} holds a different backbone: it was trained with {trained}, "
-            f"this run builds {dict(backbone)} (resume with the run's own settings)"
+            f"{option} holds a different backbone: it was trained with {trained}, "
+            f"this run builds {dict(backbone)}{hint}"
         )
+
+
+def check_resumable(path: str | Path, backbone: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config of ``path``; a clear error unless it is a checkpoint of ``backbone``."""
+    config = read_checkpoint(path)[CONFIG_KEY]
+    hint = " (resume with the run's own settings)"
+    check_backbone(config, backbone, f"ckpt_path={path}", hint)
+    return config
 
 
 def init_weights(codec: LearnedCodec, path: str | Path, backbone: Mapping[str, Any]) -> None:
@@ -121,12 +131,7 @@ def init_weights(codec: LearnedCodec, path: str | Path, backbone: Mapping[str, A
     all of them instead). The checkpoint's resolved backbone config must equal ``backbone``.
     """
     checkpoint = read_checkpoint(path)
-    trained = checkpoint[CONFIG_KEY].get("backbone")
-    if trained != dict(backbone):
-        raise CheckpointError(
-            f"init_from={path} holds a different backbone: it was trained with {trained}, "
-            f"this run builds {dict(backbone)}"
-        )
+    check_backbone(checkpoint[CONFIG_KEY], backbone, f"init_from={path}")
     state = codec_state(checkpoint)
     resize_entropy_buffers(codec, state)
     try:

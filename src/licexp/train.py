@@ -21,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from licexp.checkpoints import (
     ATTACHED_KEY,
+    CONFIG_KEY,
     attached_quant,
     build_codec,
     check_resumable,
     init_weights,
+    read_checkpoint,
 )
 from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
 from licexp.distributed import hydra_ddp_job
@@ -61,15 +63,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     allow_tf32(cfg.tf32)
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.ckpt_path is not None:  # fail now, with a clear message, not mid-restore
-        check_resumable(cfg.ckpt_path, OmegaConf.to_container(cfg.backbone, resolve=True))
-
     datamodule = hydra.utils.instantiate(cfg.data)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     # Weights from a checkpoint load into modules shaped as they were trained (stage 1's
     # strategy attached); the run then trains and codes with cfg.quant.
-    source = cfg.ckpt_path or cfg.init_from
-    attached = attached_quant(source) if source is not None else run_config["quant"]
+    if cfg.ckpt_path is not None:  # fail now, with a clear message, not mid-restore
+        trained = check_resumable(cfg.ckpt_path, run_config["backbone"])
+    elif cfg.init_from is not None:
+        trained = read_checkpoint(cfg.init_from)[CONFIG_KEY]
+    else:
+        trained = run_config
+    attached = attached_quant(trained)
     codec = build_codec(run_config["backbone"], run_config["quant"], attached)
     run_config[ATTACHED_KEY] = attached
     if cfg.init_from is not None and cfg.ckpt_path is None:  # a resume restores its own

@@ -44,18 +44,15 @@ def log_gaps(module: CodecModule, stage: str, gaps: dict[str, Tensor], batch_siz
         )
 
 
-def log_training_gaps(trainer: L.Trainer, gaps: dict[str, Tensor]) -> None:
+def log_training_gaps(trainer: L.Trainer, module: CodecModule, gaps: dict[str, Tensor]) -> None:
     """Writes ``gaps`` as ``train/gaps/<name>`` to the loggers, averaged over the ranks.
 
     Straight to the loggers, at the step of the batch's own metrics (``global_step - 1``
     after its one optimiser step): ``log(on_step=True)`` would write them only every
     ``log_every_n_steps`` and repeat the last value on every later row of the epoch.
     """
-    device = trainer.strategy.root_device
-    names = list(gaps)
-    stacked = torch.stack([gaps[name].detach().float().to(device) for name in names])
-    means = trainer.strategy.reduce(stacked, reduce_op="mean").cpu()
-    metrics = {f"train/gaps/{name}": float(v) for name, v in zip(names, means, strict=True)}
+    means = module.mean_over_ranks(gaps)
+    metrics = {f"train/gaps/{name}": float(value) for name, value in means.items()}
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step - 1)
 
@@ -190,7 +187,7 @@ class GapMetrics(L.Callback):
         if module.last_step is None or (trainer.global_step - 1) % self.every_n_steps:
             return
         x, output = module.last_step
-        log_training_gaps(trainer, self.measure(module, x, output))
+        log_training_gaps(trainer, module, self.measure(module, x, output))
 
     @torch.no_grad()
     def on_validation_batch_end(

@@ -204,7 +204,7 @@ class CodecModule(L.LightningModule):
             scheduler.step()
 
         terms["aux_loss"] = aux_loss.detach()
-        terms = self._mean_over_ranks(terms)
+        terms = self.mean_over_ranks(terms)
         terms["lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
         self._log_terms("train", terms, batch["image"].size(0), on_step=True, on_epoch=False)
         return terms["loss"]
@@ -232,7 +232,7 @@ class CodecModule(L.LightningModule):
             f"{resume}, with a lower learning rate (model.optimizer.lr) for instance"
         )
 
-    def _mean_over_ranks(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    def mean_over_ranks(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """The terms averaged over the DDP ranks (the global batch) in one all-reduce."""
         names = list(terms)
         stacked = torch.stack([terms[name].detach().float() for name in names])
