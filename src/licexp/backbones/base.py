@@ -22,12 +22,14 @@ class CodecOutput:
     ``likelihoods`` maps each coded latent (``"y"``, ``"z"``) to its element-wise
     likelihoods; ``latents`` holds the tensors the metrics need: ``y`` and ``z`` before
     quantisation, ``y_hat`` (what the decoder saw), ``y_rate`` (what the rate saw, in the
-    coded domain), ``means`` and ``scales`` of the conditional Gaussian.
+    coded domain), ``means`` and ``scales`` of the conditional Gaussian. ``features`` holds
+    what a feature loss compares (Jiang et al.: ``refined`` and ``enhanced``), else nothing.
     """
 
     x_hat: Tensor
     likelihoods: dict[str, Tensor]
     latents: dict[str, Tensor] = field(default_factory=dict)
+    features: dict[str, Tensor] = field(default_factory=dict)
 
     def detach(self) -> CodecOutput:
         """A copy cut from the autograd graph (sharing storage)."""
@@ -35,6 +37,7 @@ class CodecOutput:
             self.x_hat.detach(),
             {name: value.detach() for name, value in self.likelihoods.items()},
             {name: value.detach() for name, value in self.latents.items()},
+            {name: value.detach() for name, value in self.features.items()},
         )
 
 

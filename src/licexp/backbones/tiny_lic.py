@@ -16,6 +16,12 @@ Every RNAB uses heads of 16 channels (8, 12, 16, 20 heads for 128, 192, 256, 320
 channels; 12 in the hyper transforms), MLP ratio 2 and stochastic depth rising linearly
 to 0.1 over the blocks of the encoder side (``g_a`` then ``h_a``) and likewise over the
 decoder side (``h_s`` then ``g_s``). About 28.3M parameters.
+
+The family's constructor also builds Jiang et al.'s variants (:mod:`licexp.backbones.jiang`):
+``unit`` puts a concatenated residual module into every conv + RNAB unit
+(:mod:`licexp.backbones.concatenated_residual`), and ``stem`` / ``head`` replace the first
+convolution of ``g_a`` and the last transposed convolution of ``g_s``. With the defaults
+the modules, their names and their arithmetic are Tiny-LIC's.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
 from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec, check_channels
+from licexp.backbones.concatenated_residual import unit_middle
 from licexp.backbones.latent_coders import CodedLatent, GaussianLatentCoder, HyperLatentCoder
 from licexp.backbones.multistage_context import MultistageContextModel, Stage
 from licexp.backbones.neighborhood_attention import RNAB
@@ -33,27 +40,29 @@ from licexp.backbones.staged_rans import StagedRansDecoder, StagedRansEncoder
 from licexp.quant import EntropyParameters, QuantizationStrategy
 
 STRIDE_2_STAGES = 6
-"""Stride-2 layers between the image and the hyper latent ``z`` (four in g_a, two in h_a)."""
+"""Strided layers between the image and the hyper latent ``z`` (four in g_a, two in h_a);
+all have stride 2 except, in Jiang et al.'s variants, the first (the patch size ``b``)."""
 
 
-def minimum_side(kernel_size: int, hyper_kernel_size: int) -> int:
+def minimum_side(kernel_size: int, hyper_kernel_size: int, first_stride: int = 2) -> int:
     """The smallest image side whose every attention map holds a whole neighbourhood.
 
-    The smallest maps are ``y`` at 1/16 (``kernel_size``) and ``z`` at 1/64
-    (``hyper_kernel_size``): ``max(16 k, 64 k_h)``, 192 for Tiny-LIC's 7 and 3.
+    The smallest maps are ``y`` at ``1 / (8 s)`` (``kernel_size``) and ``z`` at
+    ``1 / (32 s)`` (``hyper_kernel_size``) for a first stride ``s``: with ``s = 2``,
+    ``max(16 k, 64 k_h)``, 192 for Tiny-LIC's 7 and 3.
     """
-    return max(16 * kernel_size, 64 * hyper_kernel_size)
+    return max(8 * first_stride * kernel_size, 32 * first_stride * hyper_kernel_size)
 
 
-def padding_multiple(kernel_size: int, hyper_kernel_size: int) -> int:
-    """The side multiple images are padded to: the smallest power of two that is a multiple
-    of ``2^6 = 64`` (six stride-2 stages) and at least :func:`minimum_side`.
+def padding_multiple(kernel_size: int, hyper_kernel_size: int, first_stride: int = 2) -> int:
+    """The side multiple images are padded to: the smallest ``32 s * 2^j`` (the product of
+    the six strides times a power of two) that is at least :func:`minimum_side`.
 
-    Every multiple of it is then codable. For Tiny-LIC (192) this is 256, the padding of
-    the authors' release; 256-pixel training crops and Kodak's 768x512 need none.
+    Every multiple of it is then codable. For Tiny-LIC (``s = 2``, 192) this is 256, the
+    padding of the authors' release; 256-pixel training crops and Kodak's 768x512 need none.
     """
-    multiple = 2**STRIDE_2_STAGES
-    while multiple < minimum_side(kernel_size, hyper_kernel_size):
+    multiple = first_stride * 2 ** (STRIDE_2_STAGES - 1)
+    while multiple < minimum_side(kernel_size, hyper_kernel_size, first_stride):
         multiple *= 2
     return multiple
 
@@ -86,7 +95,12 @@ class TinyLIC(LearnedCodec):
         mlp_ratio: hidden width of the RNAB MLPs over their input width.
         drop_path_rate: the largest stochastic-depth probability.
         slices: the four channel slices of the context model (cosine schedule by default).
+        unit: ``icsa`` (conv -> RNAB, Tiny-LIC), ``icrsa`` (conv -> CRM -> RNAB) or
+            ``icrsa_conv`` (the CRM replaced by a 3x3 conv), in all twelve units.
         quantizer: the quantisation strategy.
+        stem: replaces ``g_a``'s first convolution (image -> ``N`` channels); its stride is
+            ``stem_stride``.
+        head: replaces ``g_s``'s last transposed convolution (``N`` channels -> image).
 
     Per stage of the context model the strategy quantises the stage's positions
     (:class:`~licexp.backbones.latent_coders.GaussianLatentCoder`), and the contexts of all
@@ -105,6 +119,9 @@ class TinyLIC(LearnedCodec):
     """
 
     module_roles = {"synthesis": ("g_s",), "entropy_parameters": ("h_s", "context_model")}
+    enhances_features = False
+    """Whether ``forward`` returns the features of Jiang et al.'s feature loss: ``refined``,
+    the output of ``g_a[0]``, and ``enhanced``, the input of ``g_s[-1]``."""
 
     def __init__(
         self,
@@ -118,8 +135,12 @@ class TinyLIC(LearnedCodec):
         mlp_ratio: float = 2.0,
         drop_path_rate: float = 0.1,
         slices: Sequence[int] | None = None,
+        unit: str = "icsa",
         *,
         quantizer: QuantizationStrategy,
+        stem: nn.Module | None = None,
+        stem_stride: int = 2,
+        head: Sequence[nn.Module] = (),
     ) -> None:
         super().__init__()
         check_channels(N=N, M=M)
@@ -128,8 +149,9 @@ class TinyLIC(LearnedCodec):
             raise ValueError(f"need 4 depths and 2 hyper depths, got {depths}, {hyper_depths}")
         self.N, self.M = N, M
         self.kernel_size, self.hyper_kernel_size = kernel_size, hyper_kernel_size
-        self.minimum_side = minimum_side(kernel_size, hyper_kernel_size)
-        self.downsampling_factor = padding_multiple(kernel_size, hyper_kernel_size)
+        self.stem_stride = stem_stride
+        self.minimum_side = minimum_side(kernel_size, hyper_kernel_size, stem_stride)
+        self.downsampling_factor = padding_multiple(kernel_size, hyper_kernel_size, stem_stride)
         channels = [N, N * 3 // 2, N * 2, M]
         hyper_channels = N * 3 // 2
 
@@ -142,7 +164,12 @@ class TinyLIC(LearnedCodec):
         analysis: list[nn.Module] = []
         for index, (width, depth) in enumerate(zip(channels, depths, strict=True)):
             previous = channels[index - 1] if index else 3
-            analysis.append(conv(previous, width, kernel_size=5 if index == 0 else 3, stride=2))
+            if index == 0 and stem is not None:
+                analysis.append(stem)
+            else:
+                kernel = 5 if index == 0 else 3
+                analysis.append(conv(previous, width, kernel_size=kernel, stride=2))
+            analysis += unit_middle(unit, width)
             analysis.append(block(width, depth, kernel_size, encoder_rates[index]))
         self.g_a = nn.Sequential(*analysis)
 
@@ -151,6 +178,10 @@ class TinyLIC(LearnedCodec):
             synthesis.append(
                 block(channels[index], depths[index], kernel_size, decoder_rates[5 - index])
             )
+            synthesis += unit_middle(unit, channels[index])
+            if index == 0 and head:
+                synthesis += list(head)
+                continue
             following = channels[index - 1] if index else 3
             synthesis.append(
                 deconv(channels[index], following, kernel_size=5 if index == 0 else 3, stride=2)
@@ -159,14 +190,18 @@ class TinyLIC(LearnedCodec):
 
         self.h_a = nn.Sequential(
             conv(M, hyper_channels, kernel_size=3, stride=2),
+            *unit_middle(unit, hyper_channels),
             block(hyper_channels, hyper_depths[0], hyper_kernel_size, encoder_rates[4]),
             conv(hyper_channels, hyper_channels, kernel_size=3, stride=2),
+            *unit_middle(unit, hyper_channels),
             block(hyper_channels, hyper_depths[1], hyper_kernel_size, encoder_rates[5]),
         )
         self.h_s = nn.Sequential(
             block(hyper_channels, hyper_depths[1], hyper_kernel_size, decoder_rates[0]),
+            *unit_middle(unit, hyper_channels),
             deconv(hyper_channels, hyper_channels, kernel_size=3, stride=2),
             block(hyper_channels, hyper_depths[0], hyper_kernel_size, decoder_rates[1]),
+            *unit_middle(unit, hyper_channels),
             deconv(hyper_channels, 2 * M, kernel_size=3, stride=2),
         )
         self.context_model = MultistageContextModel(M, 2 * M, slices)
@@ -178,8 +213,9 @@ class TinyLIC(LearnedCodec):
         if x.dim() == 4 and x.size(1) == 3 and min(x.shape[-2:]) < self.minimum_side:
             raise ValueError(
                 f"{type(self).__name__} cannot code a {x.size(-2)}x{x.size(-1)} image: its "
-                f"{self.kernel_size}x{self.kernel_size} attention at 1/16 and "
-                f"{self.hyper_kernel_size}x{self.hyper_kernel_size} at 1/64 scale need sides "
+                f"{self.kernel_size}x{self.kernel_size} attention at 1/{8 * self.stem_stride} and "
+                f"{self.hyper_kernel_size}x{self.hyper_kernel_size} at 1/{32 * self.stem_stride} "
+                "scale need sides "
                 f"of at least {self.minimum_side}, in multiples of {self.downsampling_factor} "
                 "(pad with licexp.evaluation.codec.pad_to_multiple; train on crops of "
                 f"data.train.size={self.downsampling_factor})"
@@ -188,7 +224,8 @@ class TinyLIC(LearnedCodec):
 
     def forward(self, x: Tensor) -> CodecOutput:
         self.check_input(x)
-        y = self.g_a(x)
+        refined = self.g_a[0](x)
+        y = self.g_a[1:](refined)
         z = self.h_a(y)
         z_coded = self.hyper_latent(z, self.quantizer)
         stages: list[tuple[CodedLatent, EntropyParameters]] = []
@@ -209,13 +246,15 @@ class TinyLIC(LearnedCodec):
             "scales": assemble([parameters.scales for _, parameters in stages]),
             "means": assemble([parameters.means for _, parameters in stages]),
         }
+        enhanced = self.g_s[:-1](y_hat)
         return CodecOutput(
-            x_hat=self.synthesize(y_hat),
+            x_hat=self.g_s[-1](enhanced),
             likelihoods={
                 "y": assemble([coded.likelihoods for coded, _ in stages]),
                 "z": z_coded.likelihoods,
             },
             latents=latents,
+            features={"refined": refined, "enhanced": enhanced} if self.enhances_features else {},
         )
 
     def synthesize(self, y_hat: Tensor) -> Tensor:
