@@ -41,12 +41,13 @@ from licexp.quant.symbols import EntropyParameters
 DEQUANTIZATIONS = ("none", "uniform", "gaussian", "fgsm")
 """The perturbations ``xi`` the rate term may see."""
 
-CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d)
+CONVOLUTIONS = (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d)
 """The layers spectral normalisation wraps."""
 
 
 def spectral_normalize_convolutions(module: nn.Module, n_power_iterations: int = 1) -> int:
-    """Re-parametrises every ``Conv2d`` / ``ConvTranspose2d`` in ``module`` as ``W / sigma(W)``.
+    """Re-parametrises every ``Conv2d`` / ``ConvTranspose2d`` / ``Conv3d`` of ``module`` as
+    ``W / sigma(W)``.
 
     ``sigma(W)`` is the largest singular value of the weight reshaped to a matrix with the
     output channels as rows (``dim=0`` for a convolution, ``dim=1`` for a transposed one,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,10 +25,22 @@ class RateDistortionLoss(nn.Module):
     ``bpp`` sums the estimated rate of every coded latent (``y`` and ``z``). The 255^2
     factor makes ``lambda`` mean the same as CompressAI's quality ladder
     (0.0018 ... 0.18) for images in ``[0, 1]``.
+
+    For a backbone that returns features (Jiang et al.'s FEnM), Eq. 17 adds the feature
+    loss ``lambda_e * L_FE`` with ``L_FE = ||f_e_hat - f||^2`` (Eq. 16) taken as the mean
+    over elements (like the MSE of ``D``, so that ``lambda_e`` does not scale with the
+    image size) and ``lambda_e = feature_weight(step)``; gradients reach both features.
+    ``feature_mse`` and ``lambda_e`` are returned with the other terms.
     """
 
-    def __init__(self, lmbda: float, distortion: str = "mse") -> None:
+    def __init__(
+        self,
+        lmbda: float,
+        distortion: str = "mse",
+        feature_weight: Callable[[int], float] | None = None,
+    ) -> None:
         super().__init__()
+        self.feature_weight = feature_weight
         if distortion not in DISTORTIONS:
             raise ValueError(f"distortion must be one of {DISTORTIONS}, got {distortion!r}")
         if isinstance(lmbda, bool) or not isinstance(lmbda, int | float) or not lmbda > 0:
@@ -34,7 +48,7 @@ class RateDistortionLoss(nn.Module):
         self.lmbda = lmbda
         self.distortion = distortion
 
-    def forward(self, output: CodecOutput, target: Tensor) -> dict[str, Tensor]:
+    def forward(self, output: CodecOutput, target: Tensor, step: int = 0) -> dict[str, Tensor]:
         batch, _, height, width = target.shape
         num_pixels = batch * height * width
         terms = {
@@ -47,10 +61,13 @@ class RateDistortionLoss(nn.Module):
             distortion = 255**2 * mse
         else:
             distortion = 1 - ms_ssim_batch(target, output.x_hat).mean()
-        return {
-            "loss": self.lmbda * distortion + bpp,
-            "bpp": bpp,
-            "mse": mse,
-            "distortion": distortion,
-            **terms,
-        }
+        loss = self.lmbda * distortion + bpp
+        if output.features:
+            terms["feature_mse"] = F.mse_loss(
+                output.features["enhanced"], output.features["refined"]
+            )
+            weight = self.feature_weight(step) if self.feature_weight is not None else 0.0
+            terms["lambda_e"] = mse.new_tensor(float(weight))
+            if weight:
+                loss = loss + weight * terms["feature_mse"]
+        return {"loss": loss, "bpp": bpp, "mse": mse, "distortion": distortion, **terms}

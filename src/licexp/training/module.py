@@ -134,7 +134,7 @@ class CodecModule(L.LightningModule):
     def _step_terms(self, x: Tensor) -> dict[str, Tensor]:
         output = self.codec(x)
         self.last_step = (x.detach(), output.detach())
-        terms = self.loss(output, x)
+        terms = self.loss(output, x, self.global_step)
         with torch.no_grad():
             x_hat = output.x_hat.detach()
             terms["psnr"] = psnr_batch(x, x_hat).mean()
