@@ -182,11 +182,11 @@ def coding_image(quick: bool) -> tuple[str, torch.Tensor]:
 
 
 def coding_times(
-    quant: str, image: torch.Tensor, repeats: int, device: torch.device
+    quant: str, image: torch.Tensor, repeats: int, device: torch.device, backbone: str = "tiny_lic"
 ) -> tuple[float, float, float]:
-    """Median encoding and decoding seconds of ``tiny_lic``, and the bpp."""
+    """Median encoding and decoding seconds of ``backbone``, and the bpp."""
     torch.manual_seed(0)
-    codec, _ = build_codec("tiny_lic", quant, device)
+    codec, _ = build_codec(backbone, quant, device)
     codec.eval()
     codec.update(force=True)
     image = image.to(device)
