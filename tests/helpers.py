@@ -80,3 +80,11 @@ def run_training(*overrides: str, timeout: float = 300) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
     )
+
+
+def payload_bpp(container: bytes, pixels: int) -> float:
+    """Bits per pixel of a container's strings alone (what the entropy model estimates)."""
+    from licexp.evaluation.bitstream import unpack
+
+    strings = unpack(container).bitstreams.strings
+    return 8 * sum(len(string[0]) for string in strings.values()) / pixels

@@ -61,6 +61,9 @@ class LearnedCodec(CompressionModel):
     downsampling_factor: int = 64
     """Input sides must be multiples of this; evaluation pads images to it."""
 
+    hyper_latent_stride: int = 64
+    """The hyper latent ``z`` is the (padded) image downsampled by this."""
+
     module_roles: dict[str, tuple[str, ...]] = {}
     """Role -> module names, for training a part of the codec (``model.trainable``):
     ``synthesis`` (the decoder ``g_s``) and ``entropy_parameters`` (the hyper decoder and

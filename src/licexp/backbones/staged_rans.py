@@ -12,15 +12,53 @@ a Kodak image at 0.1 bpp over nine stages), as in the Tiny-LIC release.
 One ``encode_with_indexes`` on a ``BufferedRansEncoder`` then ``flush`` writes the bytes
 of CompressAI's ``RansEncoder.encode_with_indexes``, so a latent written once is coded as
 CompressAI's own ``GaussianConditional.compress`` codes it.
+
+Inside :func:`symbol_checksum`, every symbol written or read, with the CDF table index it
+was coded with, enters a CRC-32, in stream order. An encoder's and a decoder's checksums
+agree exactly when the decoder read the encoder's symbols under the encoder's tables: a
+decoder whose entropy parameters differ (another device, another thread count) reads other
+symbols or other indexes, and the container (:mod:`licexp.evaluation.bitstream`) turns the
+difference into an error instead of a wrong image. The checksum travels beside the strings,
+so the strings stay CompressAI's bytes.
 """
 
 from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
 from licexp.quant.symbols import CdfTables, SymbolEncoding
+
+
+class SymbolChecksum:
+    """A running CRC-32 of ``(symbol, table index)`` pairs as int32, in stream order."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, symbols: Tensor, indexes: Tensor) -> None:
+        pairs = torch.stack([symbols.reshape(-1), indexes.reshape(-1)], dim=1)
+        self.value = zlib.crc32(pairs.to(torch.int32).cpu().numpy().tobytes(), self.value)
+
+
+_ACTIVE: ContextVar[SymbolChecksum | None] = ContextVar("symbol_checksum", default=None)
+
+
+@contextmanager
+def symbol_checksum() -> Iterator[SymbolChecksum]:
+    """Records the checksum of every symbol the staged coders write or read inside."""
+    checksum = SymbolChecksum()
+    token = _ACTIVE.set(checksum)
+    try:
+        yield checksum
+    finally:
+        _ACTIVE.reset(token)
 
 
 class StagedRansEncoder:
@@ -36,10 +74,13 @@ class StagedRansEncoder:
             raise ValueError(
                 f"{encoding.symbols.size(0)} images of symbols for {len(self.encoders)} streams"
             )
+        checksum = _ACTIVE.get()
         for encoder, symbols, indexes in zip(
             self.encoders, encoding.symbols.cpu(), encoding.indexes.cpu(), strict=True
         ):
             encoder.encode_with_indexes(symbols.tolist(), indexes.tolist(), *self.tables)
+            if checksum is not None:
+                checksum.update(symbols, indexes)
 
     def flush(self) -> list[bytes]:
         """The strings, one per image, after the last write."""
@@ -84,4 +125,9 @@ class StagedRansDecoder:
             decoder.decode_stream(item.tolist(), *tables)
             for decoder, item in zip(self.decoders, local, strict=True)
         ]
-        return torch.tensor(symbols, dtype=torch.int32).reshape(indexes.shape).to(indexes.device)
+        decoded = torch.tensor(symbols, dtype=torch.int32).reshape(indexes.shape)
+        checksum = _ACTIVE.get()
+        if checksum is not None:
+            for image_symbols, image_indexes in zip(decoded, indexes.cpu(), strict=True):
+                checksum.update(image_symbols, image_indexes)
+        return decoded.to(indexes.device)

@@ -150,6 +150,7 @@ class TinyLIC(LearnedCodec):
         self.N, self.M = N, M
         self.kernel_size, self.hyper_kernel_size = kernel_size, hyper_kernel_size
         self.stem_stride = stem_stride
+        self.hyper_latent_stride = stem_stride * 2 ** (STRIDE_2_STAGES - 1)
         self.minimum_side = minimum_side(kernel_size, hyper_kernel_size, stem_stride)
         self.downsampling_factor = padding_multiple(kernel_size, hyper_kernel_size, stem_stride)
         channels = [N, N * 3 // 2, N * 2, M]

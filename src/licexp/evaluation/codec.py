@@ -12,7 +12,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from licexp.backbones import LearnedCodec
-from licexp.evaluation.bitstream import CodedImage, pack, unpack
+from licexp.backbones.staged_rans import symbol_checksum
+from licexp.evaluation.bitstream import (
+    PADDINGS,
+    BitstreamError,
+    CodedImage,
+    ModelIdentity,
+    identity_of,
+    pack,
+    unpack,
+)
 from licexp.training.loss import bits_per_pixel
 
 
@@ -27,6 +36,32 @@ def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
     if pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+
+
+def padding_offsets(padding: str, height: int, width: int, multiple: int) -> tuple[int, int]:
+    """Where the image sits in its padded frame: ``(top, left)``."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if padding == "replicate":
+        return 0, 0
+    return (-height % multiple) // 2, (-width % multiple) // 2
+
+
+def pad_image(x: Tensor, multiple: int, padding: str = "replicate") -> Tensor:
+    """Pads ``x`` to sides divisible by ``multiple``: :func:`pad_to_multiple`, or, for
+    ``centred_zeros``, zeros around the centred image as the Tiny-LIC release evaluates."""
+    height, width = x.shape[-2:]
+    top, left = padding_offsets(padding, height, width, multiple)
+    if padding == "replicate":
+        return pad_to_multiple(x, multiple)
+    bottom, right = -height % multiple - top, -width % multiple - left
+    return F.pad(x, (left, right, top, bottom), mode="constant", value=0.0)
+
+
+def crop(x: Tensor, coded: CodedImage, multiple: int) -> Tensor:
+    """The image's own pixels of a decoded padded frame."""
+    top, left = padding_offsets(coded.padding, coded.height, coded.width, multiple)
+    return x[..., top : top + coded.height, left : left + coded.width]
 
 
 @dataclass
@@ -78,32 +113,44 @@ def deterministic_kernels() -> Iterator[None]:
 
 @torch.inference_mode()
 @deterministic_kernels()
-def code_image(codec: LearnedCodec, image: Tensor) -> RealCoding:
+def code_image(
+    codec: LearnedCodec,
+    image: Tensor,
+    identity: ModelIdentity | None = None,
+    padding: str = "replicate",
+) -> RealCoding:
     """Codes one image (``[3, H, W]`` or ``[1, 3, H, W]`` in ``[0, 1]``) with the real coder.
 
-    The codec must be in eval mode with updated CDFs (``codec.update(force=True)``). The
-    decoded reconstruction is compared with the hard-quantised forward pass; callers
-    report a non-zero ``decode_error`` loudly.
+    The codec must be in eval mode with updated CDFs (``codec.update(force=True)``);
+    ``identity`` is what the container records (computed from ``codec`` when not given:
+    pass it when coding many images with one model); ``padding`` is one of
+    :data:`~licexp.evaluation.bitstream.PADDINGS`. The container is decoded with every
+    check of :func:`decode_container`, and the decoded reconstruction is compared with the
+    hard-quantised forward pass; callers report a non-zero ``decode_error`` loudly.
     """
     x = image.unsqueeze(0) if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[:2] != (1, 3):
         raise ValueError(f"expected one RGB image [3, H, W], got shape {tuple(image.shape)}")
     height, width = x.shape[-2:]
     check_codable(codec, height, width)
-    padded = pad_to_multiple(x, codec.downsampling_factor)
+    padded = pad_image(x, codec.downsampling_factor, padding)
+    identity = identity or identity_of(codec)
 
     start = time.perf_counter()
-    container = pack(CodedImage(codec.compress(padded), height, width))
+    with symbol_checksum() as checksum:
+        bitstreams = codec.compress(padded)
+    coded = CodedImage(bitstreams, height, width, identity, checksum.value, padding)
+    container = pack(coded)
     encoded = time.perf_counter()
-    coded = unpack(container)
-    decoded = codec.decompress(coded.bitstreams)[..., : coded.height, : coded.width]
+    decoded = _decode(codec, unpack(container), identity)
     decoding_time = time.perf_counter() - encoded
 
     reference = codec(padded)
     estimated_bits = sum(
         bits_per_pixel(likelihoods, 1) for likelihoods in reference.likelihoods.values()
     )
-    decode_error = (decoded - reference.x_hat[..., :height, :width]).abs().max().item()
+    reconstruction = crop(reference.x_hat, coded, codec.downsampling_factor)
+    decode_error = (decoded - reconstruction).abs().max().item()
     return RealCoding(
         container=container,
         x_hat=decoded.clamp(0, 1)[0],
@@ -114,10 +161,73 @@ def code_image(codec: LearnedCodec, image: Tensor) -> RealCoding:
     )
 
 
+def check_sizes(codec: LearnedCodec, coded: CodedImage) -> None:
+    """The hyper latent size must be the one the image size implies for this backbone."""
+    factor, stride = codec.downsampling_factor, codec.hyper_latent_stride
+    expected = tuple(-(-side // factor) * factor // stride for side in (coded.height, coded.width))
+    if tuple(coded.bitstreams.latent_size) != expected:
+        raise BitstreamError(
+            f"the header's hyper latent size {tuple(coded.bitstreams.latent_size)} does not fit "
+            f"a {coded.height}x{coded.width} image, which {type(codec).__name__} codes as "
+            f"{expected}"
+        )
+
+
+def check_identity(found: ModelIdentity, expected: ModelIdentity) -> None:
+    if found.fingerprint != expected.fingerprint:
+        raise BitstreamError(
+            f"the bitstream was written by another model: it needs {found.describe()}, "
+            f"this is {expected.describe()}; decode it with that checkpoint and strategy"
+        )
+
+
+def _decode(codec: LearnedCodec, coded: CodedImage, identity: ModelIdentity) -> Tensor:
+    """Decodes a checked container to the unclamped ``[1, 3, H, W]`` reconstruction."""
+    check_identity(coded.identity, identity)
+    check_sizes(codec, coded)
+    non_finite: list[str] = []
+
+    def watch(latent: str):  # noqa: ANN202 - a forward pre-hook
+        def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
+            if not non_finite and not torch.isfinite(args[0]).all():
+                non_finite.append(latent)
+
+        return hook
+
+    handles = [
+        getattr(codec, module).register_forward_pre_hook(watch(latent))
+        for module, latent in (("h_s", "z"), ("g_s", "y"))
+        if hasattr(codec, module)
+    ]
+    try:
+        with symbol_checksum() as checksum:
+            decoded = crop(codec.decompress(coded.bitstreams), coded, codec.downsampling_factor)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if non_finite or not torch.isfinite(decoded).all():
+        where = f"the decoded latent {non_finite[0]!r}" if non_finite else "the reconstruction"
+        raise BitstreamError(f"{where} holds non-finite values (NaN or infinity)")
+    if checksum.value != coded.symbol_checksum:
+        raise BitstreamError(
+            "the decoded symbols differ from the encoder's (symbol checksum "
+            f"{checksum.value:08x}, the file says {coded.symbol_checksum:08x}): this decoder's "
+            "entropy parameters differ from the encoder's (another device or thread count can "
+            "do this), so the image would be wrong"
+        )
+    return decoded
+
+
 @torch.inference_mode()
 @deterministic_kernels()
-def decode_container(codec: LearnedCodec, container: bytes) -> Tensor:
-    """Decodes a container written by :func:`code_image` to ``[3, H, W]`` in ``[0, 1]``."""
-    coded = unpack(container)
-    decoded = codec.decompress(coded.bitstreams)[..., : coded.height, : coded.width]
+def decode_container(
+    codec: LearnedCodec, container: bytes, identity: ModelIdentity | None = None
+) -> Tensor:
+    """Decodes a container written by :func:`code_image` to ``[3, H, W]`` in ``[0, 1]``.
+
+    Raises :class:`~licexp.evaluation.bitstream.BitstreamError` for a damaged container, one
+    written by another model (fingerprint), sizes that do not fit the backbone, symbols
+    that decode differently from the encoder's, or a non-finite decode.
+    """
+    decoded = _decode(codec, unpack(container), identity or identity_of(codec))
     return decoded.clamp(0, 1)[0]

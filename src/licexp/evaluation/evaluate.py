@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from licexp.backbones import LearnedCodec
 from licexp.evaluation.anchors import anchor_curve
+from licexp.evaluation.bitstream import identity_of
 from licexp.evaluation.codec import code_image
 from licexp.evaluation.metrics import ms_ssim_if_measurable, psnr
 from licexp.evaluation.plots import plot_rd
@@ -51,13 +52,20 @@ def evaluate_images(
     images: Sequence[tuple[str, torch.Tensor]],
     out_dir: Path,
     reconstructions: int = 1,
+    run: str = "",
+    padding: str = "replicate",
 ) -> list[dict[str, Any]]:
-    """Codes every image for real; writes bitstreams and reconstructions; returns the rows."""
+    """Codes every image for real; writes bitstreams and reconstructions; returns the rows.
+
+    The containers record ``run`` (the run name) with the model's fingerprint; ``padding``
+    is how images are padded to the codec's multiple (``licexp.evaluation.bitstream.PADDINGS``).
+    """
     codec.prepare_for_coding()
+    identity = identity_of(codec, run)
     (out_dir / "bitstreams").mkdir(parents=True, exist_ok=True)
     rows = []
     for index, (name, image) in enumerate(images):
-        coding = code_image(codec, image)
+        coding = code_image(codec, image, identity, padding)
         (out_dir / "bitstreams" / f"{name}.lic").write_bytes(coding.container)
         if index < reconstructions:
             save_png(coding.x_hat, out_dir / f"reconstruction_{name}.png")
@@ -145,12 +153,13 @@ def evaluate_codec(
     anchors: Sequence[str] = ("jpeg", "webp", "jpeg2000"),
     reconstructions: int = 1,
     console: Console | None = None,
+    padding: str = "replicate",
 ) -> dict[str, float]:
     """Evaluates ``codec`` on every image of ``dataset``; returns the mean metrics."""
     out_dir = Path(out_dir)
     console = console or Console(width=None if Console().is_terminal else 160)
     images = [(item["name"], item["image"]) for item in (dataset[i] for i in range(len(dataset)))]
-    rows = evaluate_images(codec, images, out_dir, reconstructions)
+    rows = evaluate_images(codec, images, out_dir, reconstructions, run=name, padding=padding)
     mean = mean_row(rows)
     write_per_image_csv(rows, out_dir / "per_image.csv")
     model_curve = RDCurve(
