@@ -295,3 +295,79 @@ def test_wandb_offline_run_holds_config_metrics_media_and_evaluation(smoke_run) 
     assert [row[0] for row in table["data"]] == ["astronaut", "coffee"]
     assert {"bpp", "psnr", "ms_ssim", "original | reconstruction"} <= set(table["columns"])
     assert [record["exit"]["exit_code"] for record in records if record["type"] == "exit"] == [0]
+
+
+def test_codec_cli_encodes_a_photo_to_a_file_and_decodes_it_bit_exactly(
+    smoke_run, tmp_path
+) -> None:
+    from licexp.checkpoints import codec_from_checkpoint
+    from licexp.evaluation.codec import decode_container
+    from licexp.evaluation.evaluate import save_png
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    photo = tmp_path / "gray.png"  # an odd size and mode: converted as the evaluation does
+    Image.effect_noise((37, 23), 40).save(photo)
+    coded, decoded = tmp_path / "gray.lic", tmp_path / "gray_decoded.png"
+    encoded = run("licexp.codec", "encode", str(photo), "-o", str(coded), "--ckpt", str(ckpt))
+    size = coded.stat().st_size
+    assert f"{size} bytes" in encoded.stdout and "bpp for 37x23" in encoded.stdout
+    result = run("licexp.codec", "decode", str(coded), "-o", str(decoded), "--ckpt", str(ckpt))
+    assert "decoded in" in result.stdout
+    with Image.open(decoded) as image:
+        assert (image.size, image.mode) == ((37, 23), "RGB")
+        cli_pixels = image.tobytes()
+    codec, _ = codec_from_checkpoint(ckpt)
+    reference = tmp_path / "reference.png"
+    save_png(decode_container(codec, coded.read_bytes(), None), reference)
+    with Image.open(reference) as image:
+        assert image.tobytes() == cli_pixels
+    described = run("licexp.codec", "info", str(coded)).stdout
+    assert "37x23" in described and "MeanScaleHyperprior" in described
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda data: data[:-3], "truncated"),
+        (lambda data: data + b"\x00\x01", "trailing bytes"),
+        (lambda data: data[:-5] + bytes([data[-5] ^ 1]) + data[-4:], "CRC-32"),
+        (lambda data: b"not a bitstream at all", "not a licexp bitstream"),
+    ],
+)
+def test_codec_cli_refuses_damaged_files_and_leaves_no_output(
+    smoke_run, tmp_path, damage, message
+) -> None:
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    photo, coded = tmp_path / "photo.png", tmp_path / "photo.lic"
+    Image.effect_noise((64, 48), 30).convert("RGB").save(photo)
+    run("licexp.codec", "encode", str(photo), "-o", str(coded), "--ckpt", str(ckpt))
+    coded.write_bytes(damage(coded.read_bytes()))
+    output = tmp_path / "out.png"
+    result = run(
+        "licexp.codec", "decode", str(coded), "-o", str(output), "--ckpt", str(ckpt), check=False
+    )
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.lic", "photo.png"]
+
+
+def test_codec_cli_names_the_model_a_file_needs(smoke_run, tmp_path) -> None:
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    photo, coded, output = tmp_path / "photo.png", tmp_path / "photo.lic", tmp_path / "out.png"
+    Image.effect_noise((64, 64), 30).convert("RGB").save(photo)
+    run("licexp.codec", "encode", str(photo), "-o", str(coded), "--ckpt", str(ckpt))
+    config = torch.load(ckpt, weights_only=False)["licexp_config"]
+    without = run("licexp.codec", "decode", str(coded), "-o", str(output), check=False)
+    assert without.returncode == 1 and "pass --ckpt" in without.stderr
+    assert config["run_name"] in without.stderr and "fingerprint" in without.stderr
+    # The same weights coding with another strategy are another model for the file.
+    other = run(
+        "licexp.codec",
+        *("decode", str(coded), "-o", str(output), "--ckpt", str(ckpt), "quant=ste"),
+        check=False,
+    )
+    assert other.returncode == 1 and "written by another model" in other.stderr
+    assert not output.exists()

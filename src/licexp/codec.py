@@ -1,0 +1,151 @@
+"""Encode an image to a file and decode it back: ``licexp-codec`` (``python -m licexp.codec``).
+
+    licexp-codec encode photo.png -o photo.lic --ckpt <run>/checkpoints/last.ckpt [quant=tcq]
+    licexp-codec decode photo.lic -o photo_decoded.png --ckpt <run>/checkpoints/last.ckpt
+    licexp-codec info photo.lic
+
+``encode`` accepts any image the evaluation accepts (the same conversions and errors),
+writes the container of :mod:`licexp.evaluation.bitstream` and prints its size, bpp and
+time; it decodes the file once before keeping it, so a written file is known to decode.
+``decode`` writes an 8-bit RGB PNG of the original size and prints the time. ``quant=...``
+(and ``quant.<key>=...``) code a checkpoint with another strategy, as ``licexp.eval`` does;
+a file coded so decodes with the same overrides. ``info`` prints what a file says about
+itself: size and the model it needs. A damaged file, or one written by another model,
+fails with a message naming the problem, exit status 1, and leaves no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+
+from licexp.backbones import LearnedCodec
+from licexp.checkpoints import CheckpointError, codec_from_checkpoint
+from licexp.data.images import ImageReadError, load_rgb
+from licexp.evaluation.bitstream import BitstreamError, identity_of, unpack
+from licexp.evaluation.codec import code_image, decode_container
+from licexp.evaluation.evaluate import save_png
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def load_codec(ckpt: Path, overrides: Sequence[str]) -> tuple[LearnedCodec, str]:
+    """The checkpoint's codec (with a strategy from ``quant=...`` overrides) and run name."""
+    quantizer = None
+    if overrides:
+        unknown = [item for item in overrides if not item.startswith("quant")]
+        if unknown:
+            raise ValueError(f"only quant=... overrides are understood, got {unknown}")
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            quantizer = hydra.utils.instantiate(compose("eval", list(overrides)).quant)
+    codec, config = codec_from_checkpoint(ckpt, quantizer)
+    return codec, str(config.get("run_name", ckpt.stem))
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` to a temporary file beside ``path``, renamed over it only on success."""
+    handle, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
+    )
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def encode(args: argparse.Namespace) -> None:
+    image = load_rgb(args.image)
+    codec, run = load_codec(args.ckpt, args.overrides)
+    coding = code_image(codec, image, identity_of(codec, run))
+    if coding.decode_error != 0:
+        raise BitstreamError(
+            f"the file would not decode to the encoder's reconstruction (differs by "
+            f"{coding.decode_error:.3g}); nothing written"
+        )
+    write_atomically(args.output, lambda path: path.write_bytes(coding.container))
+    height, width = image.shape[-2:]
+    print(
+        f"{args.output}: {len(coding.container)} bytes, {coding.bpp:.4f} bpp for {width}x{height}, "
+        f"encoded in {coding.encoding_time:.3f} s"
+    )
+
+
+def decode(args: argparse.Namespace) -> None:
+    container = args.file.read_bytes()
+    coded = unpack(container)
+    if args.ckpt is None:
+        raise BitstreamError(
+            f"decoding needs the model that wrote the file: {coded.identity.describe()}; "
+            "pass --ckpt <that run's checkpoint>"
+        )
+    codec, run = load_codec(args.ckpt, args.overrides)
+    start = time.perf_counter()
+    image = decode_container(codec, container, identity_of(codec, run))
+    elapsed = time.perf_counter() - start
+    write_atomically(args.output, lambda path: save_png(image, path))
+    print(f"{args.output}: {coded.width}x{coded.height}, decoded in {elapsed:.3f} s")
+
+
+def info(args: argparse.Namespace) -> None:
+    coded = unpack(args.file.read_bytes())
+    sizes = {name: len(strings[0]) for name, strings in coded.bitstreams.strings.items()}
+    print(f"{args.file}: {coded.width}x{coded.height}, latents {sizes} bytes")
+    print(f"model: {coded.identity.describe()}")
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="licexp-codec", description=__doc__.split("\n")[0])
+    commands = main.add_subparsers(dest="command", required=True)
+    encoder = commands.add_parser("encode", help="image -> bitstream file")
+    encoder.add_argument("image", type=Path)
+    encoder.add_argument("-o", "--output", type=Path, required=True)
+    encoder.add_argument("--ckpt", type=Path, required=True, help="a licexp checkpoint")
+    encoder.set_defaults(run=encode)
+    decoder = commands.add_parser("decode", help="bitstream file -> PNG")
+    decoder.add_argument("file", type=Path)
+    decoder.add_argument("-o", "--output", type=Path, required=True)
+    decoder.add_argument("--ckpt", type=Path, help="the checkpoint that wrote the file")
+    decoder.set_defaults(run=decode)
+    about = commands.add_parser("info", help="what a bitstream file says about itself")
+    about.add_argument("file", type=Path)
+    about.set_defaults(run=info)
+    for command in (encoder, decoder):
+        command.set_defaults(overrides=[])
+        command.epilog = "Trailing quant=<strategy> and quant.<key>=<value> choose the strategy."
+    return main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    command_line = parser()
+    args, extra = command_line.parse_known_args(argv)
+    if extra and (args.command == "info" or not all("=" in item for item in extra)):
+        command_line.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    try:
+        args.run(args)
+    except (
+        BitstreamError,
+        CheckpointError,
+        ImageReadError,
+        FileNotFoundError,
+        ValueError,
+    ) as error:
+        source = getattr(args, "file", None) or getattr(args, "image", None)
+        print(f"licexp-codec: error: {source}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
