@@ -11,6 +11,7 @@ import torch
 
 from licexp.backbones import LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
+from licexp.importers import imported_state
 from licexp.quant import QuantizationStrategy
 
 CONFIG_KEY = "licexp_config"
@@ -25,18 +26,27 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or was not written by licexp."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Loads a Lightning checkpoint written by licexp onto the CPU."""
+def load_file(path: str | Path) -> Any:
+    """``torch.load`` of a checkpoint onto the CPU, with clear errors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises several unrelated types for a damaged file
         raise CheckpointError(
             f"checkpoint {path} is not readable (truncated or corrupt?): "
             f"{type(error).__name__}: {error}"
         ) from error
+
+
+def is_licexp(checkpoint: Any) -> bool:
+    return isinstance(checkpoint, dict) and CONFIG_KEY in checkpoint
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Loads a Lightning checkpoint written by licexp onto the CPU."""
+    checkpoint = load_file(path)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     if CONFIG_KEY not in checkpoint:
@@ -54,7 +64,9 @@ def codec_state(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def codec_from_checkpoint(
-    path: str | Path, quantizer: QuantizationStrategy | None = None
+    path: str | Path,
+    quantizer: QuantizationStrategy | None = None,
+    backbone: Mapping[str, Any] | None = None,
 ) -> tuple[LearnedCodec, dict[str, Any]]:
     """Rebuilds the backbone with its quantiser from a checkpoint; returns it and the config.
 
@@ -62,7 +74,13 @@ def codec_from_checkpoint(
     codes with ``quantizer`` (:meth:`~licexp.backbones.LearnedCodec.replace_quantizer`).
     The codec is returned ready to code (:meth:`~licexp.backbones.LearnedCodec.prepare_for_coding`):
     in eval mode, its quantiles fitted, its CDF tables built for the strategy that codes.
+    A state dict of the Tiny-LIC release or CompressAI's zoo (:mod:`licexp.importers`) has no
+    config: ``backbone`` (a backbone config) says what it is, and it codes with ``quantizer``
+    or, by default, ``ste`` (rounding around the mean, as both implementations decode).
     """
+    loaded = load_file(path)
+    if not is_licexp(loaded):
+        return _foreign_codec(loaded, Path(path), quantizer, backbone)
     checkpoint = read_checkpoint(path)
     config = checkpoint[CONFIG_KEY]
     codec = build_codec(config["backbone"], config["quant"], config.get(ATTACHED_KEY))
@@ -124,12 +142,54 @@ def check_resumable(path: str | Path, backbone: Mapping[str, Any]) -> dict[str, 
     return config
 
 
+def _foreign_codec(
+    loaded: Any,
+    path: Path,
+    quantizer: QuantizationStrategy | None,
+    backbone: Mapping[str, Any] | None,
+) -> tuple[LearnedCodec, dict[str, Any]]:
+    """A codec of ``backbone`` with the weights of a foreign state dict."""
+    if backbone is None:
+        raise CheckpointError(
+            f"{path} is not a licexp checkpoint; a state dict of the Tiny-LIC release or "
+            "CompressAI's zoo needs the backbone it fits: backbone=tiny_lic, mean_scale or "
+            "bmshj2018"
+        )
+    quant = {"_target_": "licexp.quant.StraightThroughQuantization"}
+    codec = build_codec(backbone, quant)
+    try:
+        codec.load_state_dict(imported_state(loaded, codec, str(path)))
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
+    if quantizer is not None:
+        codec.replace_quantizer(quantizer)
+    codec.prepare_for_coding()
+    return codec, {"run_name": path.name, "backbone": dict(backbone), "quant": quant}
+
+
+def trained_config(path: str | Path) -> dict[str, Any] | None:
+    """The run config of a licexp checkpoint; ``None`` for an importable foreign state dict."""
+    loaded = load_file(path)
+    if is_licexp(loaded):
+        return read_checkpoint(path)[CONFIG_KEY]
+    return None
+
+
 def init_weights(codec: LearnedCodec, path: str | Path, backbone: Mapping[str, Any]) -> None:
     """Loads a checkpoint's codec weights into ``codec`` to start a new run.
 
     Only the weights: optimiser, scheduler and step count start afresh (``ckpt_path`` resumes
-    all of them instead). The checkpoint's resolved backbone config must equal ``backbone``.
+    all of them instead). The checkpoint's resolved backbone config must equal ``backbone``;
+    a state dict of the Tiny-LIC release or CompressAI's zoo (:mod:`licexp.importers`) must
+    fit it.
     """
+    loaded = load_file(path)
+    if not is_licexp(loaded):
+        try:
+            codec.load_state_dict(imported_state(loaded, codec, f"init_from={path}"))
+        except ValueError as error:
+            raise CheckpointError(str(error)) from error
+        return
     checkpoint = read_checkpoint(path)
     check_backbone(checkpoint[CONFIG_KEY], backbone, f"init_from={path}")
     state = codec_state(checkpoint)

@@ -29,7 +29,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info("Evaluating %s", ckpt_path)
     swap = cfg.get("quant")
     quantizer = hydra.utils.instantiate(swap) if swap is not None else None
-    codec, run_config = codec_from_checkpoint(ckpt_path, quantizer)
+    codec, run_config = codec_from_checkpoint(ckpt_path, quantizer, cfg.get("backbone"))
     name = run_config.get("run_name", ckpt_path.stem)
     if swap is not None:
         name = f"{name}+{HydraConfig.get().runtime.choices.get('quant', 'quant')}"
@@ -47,6 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         name=name,
         anchors=cfg.anchors,
         reconstructions=cfg.reconstructions,
+        padding=cfg.padding,
     )
 
 

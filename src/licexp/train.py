@@ -21,12 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from licexp.checkpoints import (
     ATTACHED_KEY,
-    CONFIG_KEY,
     attached_quant,
     build_codec,
     check_resumable,
     init_weights,
-    read_checkpoint,
+    trained_config,
 )
 from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
 from licexp.distributed import hydra_ddp_job
@@ -69,8 +68,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # strategy attached); the run then trains and codes with cfg.quant.
     if cfg.ckpt_path is not None:  # fail now, with a clear message, not mid-restore
         trained = check_resumable(cfg.ckpt_path, run_config["backbone"])
-    elif cfg.init_from is not None:
-        trained = read_checkpoint(cfg.init_from)[CONFIG_KEY]
+    elif cfg.init_from is not None:  # a foreign state dict has no config: this run's
+        trained = trained_config(cfg.init_from) or run_config
     else:
         trained = run_config
     attached = attached_quant(trained)
