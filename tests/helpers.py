@@ -88,3 +88,16 @@ def payload_bpp(container: bytes, pixels: int) -> float:
 
     strings = unpack(container).bitstreams.strings
     return 8 * sum(len(string[0]) for string in strings.values()) / pixels
+
+
+SMALL_MEAN_SCALE = {"_target_": "licexp.backbones.MeanScaleHyperprior", "N": 16, "M": 24}
+"""Backbone configs of a few thousand parameters, as a run config records them."""
+SMALL_TINY_LIC = {
+    "_target_": "licexp.backbones.TinyLIC",
+    "N": 16,
+    "M": 24,
+    "depths": [1, 1, 1, 1],
+    "hyper_depths": [1, 1],
+    "kernel_size": 3,
+    "hyper_kernel_size": 1,
+}

@@ -11,24 +11,15 @@ import pytest
 import torch
 from compressai.models import MeanScaleHyperprior as CompressAIMeanScale
 from compressai.models import ScaleHyperprior as CompressAIScaleHyperprior
-from helpers import code_and_decode, run_training
+from helpers import SMALL_MEAN_SCALE, SMALL_TINY_LIC, code_and_decode, run_training
 
 from licexp.backbones import TinyLIC
 from licexp.checkpoints import CheckpointError, codec_from_checkpoint, init_weights
 from licexp.data import PhotoSamples
 from licexp.quant import StraightThroughQuantization
 
-MEAN_SCALE = {"_target_": "licexp.backbones.MeanScaleHyperprior", "N": 16, "M": 24}
-SCALE_HYPERPRIOR = {"_target_": "licexp.backbones.ScaleHyperprior", "N": 16, "M": 24}
-SMALL_TINY_LIC = {
-    "_target_": "licexp.backbones.TinyLIC",
-    "N": 16,
-    "M": 24,
-    "depths": [1, 1, 1, 1],
-    "hyper_depths": [1, 1],
-    "kernel_size": 3,
-    "hyper_kernel_size": 1,
-}
+MEAN_SCALE = SMALL_MEAN_SCALE
+SCALE_HYPERPRIOR = {**SMALL_MEAN_SCALE, "_target_": "licexp.backbones.ScaleHyperprior"}
 
 
 def image() -> torch.Tensor:

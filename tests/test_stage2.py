@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from helpers import quiet_trainer
+from helpers import SMALL_MEAN_SCALE, SMALL_TINY_LIC, quiet_trainer
 from test_evaluation import train_toy_codec
 
 from licexp.backbones import LearnedCodec
@@ -22,16 +22,7 @@ SOFT_STE = {"_target_": "licexp.quant.soft_ste.SoftSTEQuantization"}
 STE = {"_target_": "licexp.quant.StraightThroughQuantization"}
 NOISE = {"_target_": "licexp.quant.NoiseQuantization"}
 TCQ = {"_target_": "licexp.quant.tcq.TrellisCodedQuantization"}
-MEAN_SCALE = {"_target_": "licexp.backbones.MeanScaleHyperprior", "N": 16, "M": 24}
-TINY_LIC = {
-    "_target_": "licexp.backbones.TinyLIC",
-    "N": 16,
-    "M": 24,
-    "depths": [1, 1, 1, 1],
-    "hyper_depths": [1, 1],
-    "kernel_size": 3,
-    "hyper_kernel_size": 1,
-}
+MEAN_SCALE, TINY_LIC = SMALL_MEAN_SCALE, SMALL_TINY_LIC
 
 
 def stage1_checkpoint(
