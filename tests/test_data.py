@@ -433,3 +433,79 @@ def test_kodak_config_builds() -> None:
     module = compose_data("kodak")
     assert isinstance(module.val_set, Kodak) and isinstance(module.eval_dataset, Kodak)
     assert len(module.eval_dataset) == 24
+
+
+def _photo_folder(tmp_path: Path, count: int = 3, size: tuple[int, int] = (40, 30)) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(count):
+        Image.effect_noise(size, 60 + index).convert("RGB").save(folder / f"{index}.png")
+    return folder
+
+
+def test_cached_crops_are_the_uncached_crops_bit_for_bit(tmp_path: Path) -> None:
+    folder = _photo_folder(tmp_path)
+    tiff = folder / "deep.tif"
+    deep = (np.random.default_rng(0).random((30, 40, 3)) * 65535).astype(np.uint16)
+    Image.fromarray(deep[..., 0]).save(tiff)  # 16-bit greyscale: kept as float32
+    plain = ImageFolder(folder, crop_size=16, train=True)
+    cached = ImageFolder(folder, crop_size=16, train=True, cache_mib=16)
+    for epoch in range(2):  # the second epoch reads the cache
+        for index in range(len(plain)):
+            torch.manual_seed(100 * epoch + index)
+            expected = plain[index]["image"]
+            torch.manual_seed(100 * epoch + index)
+            assert torch.equal(cached[index]["image"], expected)
+    dtypes = {path.suffix: image.dtype for path, image in cached.decoded.images.items()}
+    assert dtypes == {".png": torch.uint8, ".tif": torch.float32}
+    assert cached.decoded.used_bytes == 3 * (3 * 40 * 30) + 3 * 40 * 30 * 4
+
+
+def test_the_cache_keeps_to_its_budget_and_decodes_the_rest_each_time(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import licexp.data.folder as folder_module
+
+    folder = _photo_folder(tmp_path, count=4)
+    reads: list[str] = []
+    original = folder_module.load_rgb
+    monkeypatch.setattr(
+        folder_module, "load_rgb", lambda path: reads.append(path.name) or original(path)
+    )
+    budget_mib = 2.5 * 3 * 40 * 30 / 2**20  # room for two of the four images
+    dataset = ImageFolder(folder, crop_size=16, train=True, cache_mib=budget_mib)
+    for _ in range(3):
+        for index in range(len(dataset)):
+            dataset[index]
+    assert len(dataset.decoded.images) == 2
+    assert dataset.decoded.used_bytes <= budget_mib * 2**20
+    assert sorted(reads) == sorted(["0.png", "1.png"] + ["2.png", "3.png"] * 3)
+
+
+def test_crops_per_image_define_the_epoch_and_stay_uniformly_random(tmp_path: Path) -> None:
+    folder = _photo_folder(tmp_path, count=2, size=(10, 10))
+    dataset = ImageFolder(folder, crop_size=8, train=True, crops_per_image=5, cache_mib=1)
+    assert len(dataset) == 10
+    assert [dataset[i]["name"] for i in (0, 4, 5, 9)] == ["0", "0", "1", "1"]
+    with pytest.raises(IndexError):
+        dataset[10]
+    assert len(ImageFolder(folder, crop_size=8, crops_per_image=5)) == 2  # evaluation: once each
+    # 3 x 3 crop positions of an 8x8 crop in a 10x10 image, each drawn uniformly.
+    full = torch.as_tensor(np.asarray(Image.open(folder / "0.png"))).permute(2, 0, 1).float() / 255
+    counts = torch.zeros(3, 3)
+    torch.manual_seed(0)
+    draws = 4500
+    for _ in range(draws):
+        crop = dataset[0]["image"]
+        for top in range(3):
+            for left in range(3):
+                window = full[:, top : top + 8, left : left + 8]
+                if any(
+                    torch.equal(crop, w)
+                    for w in (window, window.flip(-1), window.flip(-2), window.flip(-1).flip(-2))
+                ):
+                    counts[top, left] += 1
+                    break
+    expected = draws / 9
+    assert counts.sum() == draws
+    assert ((counts - expected).abs() < 4 * math.sqrt(expected)).all(), counts

@@ -23,6 +23,44 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 _SHOWN_SMALL_FILES = 5
 
 
+class DecodedImages:
+    """Decoded images kept in memory up to a budget, so that a folder is decoded once per run.
+
+    An image whose values are exactly ``k / 255`` (any 8-bit file) is kept as ``uint8`` (3
+    bytes a pixel) and restored bit-identically; any other (16-bit TIFFs, alpha composited
+    over white) as ``float32`` (12 bytes a pixel). Once the budget is spent, further images
+    are decoded on every use. Each DataLoader worker holds its own cache (persistent
+    workers keep it between epochs), so the memory is ``budget x num_workers`` at most.
+    """
+
+    def __init__(self, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.used_bytes = 0
+        self.images: dict[Path, torch.Tensor] = {}
+
+    def get(self, path: Path) -> torch.Tensor:
+        """The image's pixels: ``uint8`` levels or ``float32`` in ``[0, 1]`` (crop, then
+        :func:`as_float`: converting only the crop is what makes a cached read cheap)."""
+        cached = self.images.get(path)
+        if cached is not None:
+            return cached
+        image = load_rgb(path)
+        if self.used_bytes >= self.budget_bytes:
+            return image
+        levels = (image * 255).round()
+        compact = levels.to(torch.uint8) if torch.equal(levels / 255, image) else image
+        size = compact.numel() * compact.element_size()
+        if self.used_bytes + size <= self.budget_bytes:
+            self.images[path] = compact
+            self.used_bytes += size
+        return compact
+
+
+def as_float(pixels: torch.Tensor) -> torch.Tensor:
+    """``float32`` in ``[0, 1]`` from :meth:`DecodedImages.get`'s pixels."""
+    return pixels.float() / 255 if pixels.dtype == torch.uint8 else pixels
+
+
 class ImageFolder(Dataset):
     """All images under ``root`` (recursively), in sorted path order.
 
@@ -36,6 +74,12 @@ class ImageFolder(Dataset):
         pattern: glob pattern for file names, matched in every subfolder (e.g. ``"kodim*.png"``);
             only files with an extension in :data:`~licexp.data.images.IMAGE_EXTENSIONS` count.
         skip_small: drop images smaller than ``crop_size`` with a warning, instead of raising.
+        crops_per_image: in training, the random crops each image gives per epoch: the epoch
+            has ``len(files) * crops_per_image`` items, item ``i`` a crop of file
+            ``i // crops_per_image`` (the sampler shuffles the items, so an image's crops are
+            spread over the epoch, each crop uniformly random and independent).
+        cache_mib: memory for decoded images (:class:`DecodedImages`), per worker process;
+            0 decodes every item from its file.
 
     Items are ``{"image": FloatTensor[3, H, W] in [0, 1], "name": <path relative to root,
     without extension>}``.
@@ -48,6 +92,8 @@ class ImageFolder(Dataset):
         train: bool = False,
         pattern: str = "*",
         skip_small: bool = False,
+        crops_per_image: int = 1,
+        cache_mib: float = 0,
     ) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
@@ -55,8 +101,16 @@ class ImageFolder(Dataset):
             raise FileNotFoundError(f"image folder {self.root} {what}")
         if crop_size is not None and crop_size < 1:
             raise ValueError(f"crop_size must be positive or None, got {crop_size}")
+        if isinstance(crops_per_image, bool) or not isinstance(crops_per_image, int):
+            raise ValueError(f"crops_per_image must be a positive integer, got {crops_per_image!r}")
+        if crops_per_image < 1 or cache_mib < 0:
+            raise ValueError(
+                f"need crops_per_image >= 1 and cache_mib >= 0, got {crops_per_image}, {cache_mib}"
+            )
         self.crop_size = crop_size
         self.train = train
+        self.crops_per_image = crops_per_image if train else 1
+        self.decoded = DecodedImages(int(cache_mib * 2**20))
         self.files = self._list_images(pattern)
         if crop_size is not None:
             self.files = self._drop_or_report_small(crop_size, skip_small)
@@ -103,17 +157,19 @@ class ImageFolder(Dataset):
         return [path for path in self.files if path not in dropped]
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.crops_per_image
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
-        path = self.files[index]
-        image = load_rgb(path)
+        if not 0 <= index < len(self):
+            raise IndexError(f"item {index} of {len(self)}")
+        path = self.files[index // self.crops_per_image]
+        image = self.decoded.get(path)
         if self.train:
             image = self._augment(image)
         elif self.crop_size is not None:
             image = center_crop(image, self.crop_size)
         name = path.relative_to(self.root).with_suffix("").as_posix()
-        return {"image": image.contiguous(), "name": name}
+        return {"image": as_float(image).contiguous(), "name": name}
 
     def _augment(self, image: torch.Tensor) -> torch.Tensor:
         if self.crop_size is not None:
