@@ -157,3 +157,70 @@ def test_an_error_on_one_rank_ends_the_whole_run_with_that_error(tmp_path) -> No
     print(f"exit code {result.returncode} after {time.monotonic() - start:.1f} s")
     assert result.returncode != 0, output[-3000:]
     assert "injected failure on rank 1 at step 1" in output, output[-3000:]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_torchrun_nodes_train_like_one_process_with_their_global_batch(
+    ddp_and_single_runs, tmp_path
+) -> None:
+    """``trainer.num_nodes=2`` under ``torchrun --nnodes=2``: two node processes on
+    127.0.0.1 (one rank each, gloo), started as a scheduler starts them on two machines."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    _, single_dir = ddp_and_single_runs
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+        "HYDRA_FULL_ERROR": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                *("-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"),
+                f"--node-rank={node}",
+                "--master-addr=127.0.0.1",
+                f"--master-port={port}",
+                *("-m", "licexp.train"),
+                *COMMON,
+                "trainer=ddp_cpu",
+                "trainer.devices=1",
+                "trainer.num_nodes=2",
+                "data.batch_size=2",
+                f"+callbacks.probe.out_dir={tmp_path / 'probe'}",
+                f"hydra.run.dir={tmp_path / f'node{node}'}",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=400)[0] for node in nodes]
+    for node, output in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, output[-3000:]
+    rank0 = torch.load(tmp_path / "probe" / "rank0.pt")
+    rank1 = torch.load(tmp_path / "probe" / "rank1.pt")
+    single = torch.load(single_dir / "probe" / "rank0.pt")
+    for name, value in rank0["final"].items():
+        assert torch.equal(value, rank1["final"][name]), name
+    for names0, names1 in zip(rank0["names"], rank1["names"], strict=True):
+        assert len(names0) == len(names1) == 2 and not set(names0) & set(names1)
+    moved = max((single["final"][n] - v).abs().max().item() for n, v in single["initial"].items())
+    worst = max((rank0["final"][n] - v).abs().max().item() for n, v in single["final"].items())
+    assert worst < 1e-4 * moved
