@@ -165,6 +165,8 @@ def test_data_folder_trains_and_validates_on_the_given_folder(tmp_path) -> None:
     assert isinstance(data.train_set, ImageFolder) and isinstance(data.val_set, ImageFolder)
     assert data.train_set.root == data.val_set.root == images
     assert (data.train_set.crop_size, data.train_set.train) == (256, True)
+    assert data.train_set.crops_per_image == 1
+    assert data.train_set.decoded.budget_bytes == 512 * 2**20  # per worker
     assert (data.val_set.crop_size, data.val_set.train) == (256, False)
     assert len(data.train_set) == len(data.val_set) == 2
     assert isinstance(data.test_set, PhotoSamples) and data.test_set.crop_size is None
