@@ -32,8 +32,9 @@ from torch import Tensor
 
 from licexp.backbones import LearnedCodec, MeanScaleHyperprior, ScaleHyperprior, TinyLIC
 
-REBUILT = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table", "target", "bound")
-"""Buffers that licexp builds itself (CDF tables, scale table, bounds), never imported."""
+REBUILT = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table", "target", "bound", "pedestal")
+"""Buffers that licexp builds itself (CDF tables, scale table, bounds, GDN's reparametrisation
+constants, which older files lack), never imported."""
 
 Rename = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]
 
