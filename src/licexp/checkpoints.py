@@ -46,7 +46,11 @@ def is_licexp(checkpoint: Any) -> bool:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Loads a Lightning checkpoint written by licexp onto the CPU."""
-    checkpoint = load_file(path)
+    return checked_licexp(load_file(path), path)
+
+
+def checked_licexp(checkpoint: Any, path: str | Path) -> dict[str, Any]:
+    """``checkpoint`` (loaded from ``path``) if it is a licexp checkpoint; else a clear error."""
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint (no state_dict)")
     if CONFIG_KEY not in checkpoint:
@@ -81,7 +85,7 @@ def codec_from_checkpoint(
     loaded = load_file(path)
     if not is_licexp(loaded):
         return _foreign_codec(loaded, Path(path), quantizer, backbone)
-    checkpoint = read_checkpoint(path)
+    checkpoint = checked_licexp(loaded, path)
     config = checkpoint[CONFIG_KEY]
     codec = build_codec(config["backbone"], config["quant"], config.get(ATTACHED_KEY))
     state = codec_state(checkpoint)
@@ -171,7 +175,7 @@ def trained_config(path: str | Path) -> dict[str, Any] | None:
     """The run config of a licexp checkpoint; ``None`` for an importable foreign state dict."""
     loaded = load_file(path)
     if is_licexp(loaded):
-        return read_checkpoint(path)[CONFIG_KEY]
+        return checked_licexp(loaded, path)[CONFIG_KEY]
     return None
 
 
@@ -190,7 +194,7 @@ def init_weights(codec: LearnedCodec, path: str | Path, backbone: Mapping[str, A
         except ValueError as error:
             raise CheckpointError(str(error)) from error
         return
-    checkpoint = read_checkpoint(path)
+    checkpoint = checked_licexp(loaded, path)
     check_backbone(checkpoint[CONFIG_KEY], backbone, f"init_from={path}")
     state = codec_state(checkpoint)
     resize_entropy_buffers(codec, state)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -121,8 +122,6 @@ def complexity_row(cfg: DictConfig) -> dict[str, float | str]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="complexity")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
     name = HydraConfig.get().runtime.choices.get("backbone", "backbone")
     row = complexity_row(cfg)
     print("| backbone | " + " | ".join(row) + " |")

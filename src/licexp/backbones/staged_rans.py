@@ -112,7 +112,8 @@ class StagedRansDecoder:
             raise ValueError(
                 f"{len(self.decoders)} streams, asked for indexes of shape {tuple(indexes.shape)}"
             )
-        used, local = torch.unique(indexes.cpu(), return_inverse=True)
+        indexes_cpu = indexes.cpu()
+        used, local = torch.unique(indexes_cpu, return_inverse=True)
         used = used.tolist()
         if used and not 0 <= used[0] <= used[-1] < len(self.rows):
             raise ValueError(f"CDF table indexes {used[0]}..{used[-1]} outside 0..{len(self.rows)}")
@@ -128,6 +129,6 @@ class StagedRansDecoder:
         decoded = torch.tensor(symbols, dtype=torch.int32).reshape(indexes.shape)
         checksum = _ACTIVE.get()
         if checksum is not None:
-            for image_symbols, image_indexes in zip(decoded, indexes.cpu(), strict=True):
+            for image_symbols, image_indexes in zip(decoded, indexes_cpu, strict=True):
                 checksum.update(image_symbols, image_indexes)
         return decoded.to(indexes.device)

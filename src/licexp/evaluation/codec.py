@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -187,7 +187,7 @@ def _decode(codec: LearnedCodec, coded: CodedImage, identity: ModelIdentity) -> 
     check_sizes(codec, coded)
     non_finite: list[str] = []
 
-    def watch(latent: str):  # noqa: ANN202 - a forward pre-hook
+    def watch(latent: str) -> Callable[[torch.nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
             if not non_finite and not torch.isfinite(args[0]).all():
                 non_finite.append(latent)
