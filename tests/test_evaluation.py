@@ -170,22 +170,22 @@ def test_images_too_small_for_ms_ssim_are_measured_otherwise_and_named(tmp_path)
 def test_a_decode_that_differs_from_the_encoder_side_is_logged_and_reported(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A decoder out of sync with the encoder (here: the second image's decode moved by
-    0.01) is named in an error and reported in its row; the other image is not."""
+    """A decoder out of sync with the encoder (here: the second image's decoded latent
+    moved by 0.01) is named in an error and reported in its row; the other image is not."""
     codec = MeanScaleHyperprior(N=16, M=24, quantizer=StraightThroughQuantization()).eval()
-    decompress = codec.decompress
-    decoded_images = []
+    decompress = codec.latent.decompress
+    decoded_latents = []
 
-    def drifting_decompress(bitstreams):
-        decoded = decompress(bitstreams)
-        decoded_images.append(decoded)
-        return decoded + 0.01 if len(decoded_images) == 2 else decoded
+    def drifting_decompress(*args):
+        decoded = decompress(*args)
+        decoded_latents.append(decoded)
+        return decoded + 0.01 if len(decoded_latents) == 2 else decoded
 
-    codec.decompress = drifting_decompress
+    codec.latent.decompress = drifting_decompress
     images = [("first", smooth_image(64, 64, seed=1)), ("second", smooth_image(64, 64, seed=2))]
     with caplog.at_level(logging.ERROR, logger="licexp.evaluation.evaluate"):
         rows = evaluate_images(codec, images, tmp_path, reconstructions=0)
-    assert len(decoded_images) == 2
+    assert len(decoded_latents) == 2
     errors = [record.getMessage() for record in caplog.records if record.levelno == logging.ERROR]
     assert len(errors) == 1
     assert errors[0].startswith("DECODE MISMATCH on second:") and "0.01" in errors[0]

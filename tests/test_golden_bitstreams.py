@@ -54,3 +54,20 @@ def test_mean_scale_with_ste_writes_the_bytes_of_compressais_own_model() -> None
         ours = codec.compress(x).strings
         theirs = reference.compress(x)["strings"]
     assert ours["y"] == theirs[0] and ours["z"] == theirs[1]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "tcq"])
+def test_compress_records_what_the_eval_forward_pass_computes(backbone, strategy) -> None:
+    """The encoder side ``compress`` returns is the eval-mode forward pass's hard path:
+    the evaluation checks decodes and reads the estimated rate from it alone."""
+    codec = golden_codec(backbone, strategy)
+    x = golden_image()
+    with torch.no_grad():
+        reference = codec(x)
+        encoder_side = codec.compress(x).encoder_side
+    assert torch.equal(encoder_side.y_hat, reference.latents["y_hat"])
+    per_image = sum(-torch.log2(p).flatten(1).sum(1) for p in reference.likelihoods.values())
+    assert encoder_side.bits.shape == (2,)
+    assert torch.allclose(encoder_side.bits, per_image, rtol=1e-6)
+    assert encoder_side.bits.min() > 100

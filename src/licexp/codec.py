@@ -70,7 +70,7 @@ def encode(args: argparse.Namespace) -> None:
     coding = code_image(codec, image, identity_of(codec, run))
     if coding.decode_error != 0:
         raise BitstreamError(
-            f"the file would not decode to the encoder's reconstruction (differs by "
+            f"the file would not decode to the encoder's latent (differs by "
             f"{coding.decode_error:.3g}); nothing written"
         )
     write_atomically(args.output, lambda path: path.write_bytes(coding.container))

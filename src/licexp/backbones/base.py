@@ -6,6 +6,7 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models import CompressionModel
 from compressai.models.utils import update_registered_buffers
@@ -42,6 +43,26 @@ class CodecOutput:
 
 
 @dataclass
+class EncoderSide:
+    """What the encoder computed beside its strings; never written to a bitstream.
+
+    The eval-mode forward pass computes the same hard path, so an evaluation checks a
+    decode and reads the estimated rate from here instead of running the codec again.
+    """
+
+    y_hat: Tensor
+    """The decoder-side latent (``g_s``'s input): a decode must rebuild it exactly."""
+    bits: Tensor
+    """``[B]``: the rate ``sum(-log2 p)`` the entropy model estimates for each image's
+    coded symbols, every latent together."""
+
+
+def estimated_bits(*likelihoods: Tensor) -> Tensor:
+    """``[B]``: ``sum(-log2 p)`` per image over the element-wise likelihoods given."""
+    return sum(-torch.log2(part).flatten(1).sum(1) for part in likelihoods)
+
+
+@dataclass
 class Bitstreams:
     """The strings of every coded latent of a batch, and the shape the decoder starts from."""
 
@@ -49,6 +70,8 @@ class Bitstreams:
     """Latent name -> one string per image of the batch, in decoding order."""
     latent_size: tuple[int, int]
     """Spatial size of the first-decoded latent (the hyper latent ``z``)."""
+    encoder_side: EncoderSide | None = field(default=None, compare=False, repr=False)
+    """What ``compress`` computed on the way (``None`` for bitstreams read from a file)."""
 
 
 class LearnedCodec(CompressionModel):
@@ -153,7 +176,8 @@ class LearnedCodec(CompressionModel):
 
     @abstractmethod
     def compress(self, x: Tensor) -> Bitstreams:
-        """Entropy codes ``x`` (sides multiples of ``downsampling_factor``)."""
+        """Entropy codes ``x`` (sides multiples of ``downsampling_factor``); the result
+        carries its :class:`EncoderSide`."""
 
     @abstractmethod
     def decompress(self, bitstreams: Bitstreams) -> Tensor:

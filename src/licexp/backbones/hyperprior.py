@@ -10,7 +10,14 @@ from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec, check_channels
+from licexp.backbones.base import (
+    Bitstreams,
+    CodecOutput,
+    EncoderSide,
+    LearnedCodec,
+    check_channels,
+    estimated_bits,
+)
 from licexp.backbones.latent_coders import GaussianLatentCoder, HyperLatentCoder
 from licexp.quant import EntropyParameters, QuantizationStrategy
 
@@ -95,10 +102,16 @@ class HyperpriorCodec(LearnedCodec):
         self.check_input(x)
         y = self.g_a(x)
         z = self.h_a(self.hyper_analysis_input(y))
-        z_strings, z_hat = self.hyper_latent.compress(z, self.quantizer)
-        parameters = self.entropy_parameters(self.h_s(z_hat))
-        y_strings, _ = self.latent.compress(y, parameters, self.quantizer)
-        return Bitstreams({"z": z_strings, "y": y_strings}, latent_size=tuple(z.shape[-2:]))
+        z_strings, z_coded = self.hyper_latent.compress(z, self.quantizer)
+        parameters = self.entropy_parameters(self.h_s(z_coded.decoder_input))
+        y_strings, y_coded = self.latent.compress(y, parameters, self.quantizer)
+        return Bitstreams(
+            {"z": z_strings, "y": y_strings},
+            latent_size=tuple(z.shape[-2:]),
+            encoder_side=EncoderSide(
+                y_coded.decoder_input, estimated_bits(y_coded.likelihoods, z_coded.likelihoods)
+            ),
+        )
 
     def decompress(self, bitstreams: Bitstreams) -> Tensor:
         z_hat = self.hyper_latent.decompress(

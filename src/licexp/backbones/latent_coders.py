@@ -46,6 +46,12 @@ class HardLatent:
     decoder_input: Tensor
     """``from_coded(reconstruction)``: the latent ``g_s`` and the contexts see."""
 
+    def coded(self) -> CodedLatent:
+        """The eval-mode forward pass's view of this latent."""
+        return CodedLatent(
+            self.decoder_input, self.encoding.reconstruction, self.encoding.likelihoods
+        )
+
 
 class TableError(ValueError):
     """CDF tables missing, or built for another strategy's symbols."""
@@ -185,21 +191,17 @@ class GaussianLatentCoder(nn.Module):
                 rate_input=quantized.rate_input,
                 likelihoods=likelihoods,
             )
-        hard = self.quantize_hard(latent, parameters, quantizer)
-        return CodedLatent(
-            decoder_input=hard.decoder_input,
-            rate_input=hard.encoding.reconstruction,
-            likelihoods=hard.encoding.likelihoods,
-        )
+        return self.quantize_hard(latent, parameters, quantizer).coded()
 
     def compress(
         self, latent: Tensor, parameters: EntropyParameters, quantizer: QuantizationStrategy
-    ) -> tuple[list[bytes], Tensor]:
-        """rANS-codes the strategy's symbols; returns the strings and ``y_hat``."""
+    ) -> tuple[list[bytes], CodedLatent]:
+        """rANS-codes the strategy's symbols; returns the strings and what the eval-mode
+        forward pass computes for them (``y_hat``, the coded value, its likelihoods)."""
         encoder = StagedRansEncoder(self.tables_for(quantizer), batch_size=latent.size(0))
         hard = self.quantize_hard(latent, parameters, quantizer)
         encoder.write(hard.encoding)
-        return encoder.flush(), hard.decoder_input
+        return encoder.flush(), hard.coded()
 
     def decompress(
         self, strings: list[bytes], parameters: EntropyParameters, quantizer: QuantizationStrategy
@@ -244,26 +246,29 @@ class HyperLatentCoder(nn.Module):
 
     def forward(self, latent: Tensor, quantizer: QuantizationStrategy) -> CodedLatent:
         """Training approximation in train mode, hard (median-centred) rounding in eval mode."""
+        if not self.training:
+            return self.quantize_hard(latent, quantizer)
+        quantized = quantizer.quantize_hyper_train(quantizer.to_coded(latent), self.median())
+        return CodedLatent(
+            quantizer.from_coded(quantized.decoder_input, inference=False),
+            quantized.rate_input,
+            self.likelihood(quantized.rate_input),
+        )
+
+    def quantize_hard(self, latent: Tensor, quantizer: QuantizationStrategy) -> CodedLatent:
+        """``round(z - median) + median``, what the decoder sees of it, and its likelihoods."""
         coded = quantizer.to_coded(latent)
         median = self.median()
-        if self.training:
-            quantized = quantizer.quantize_hyper_train(coded, median)
-            rate_input = quantized.rate_input
-            decoder_input = quantizer.from_coded(quantized.decoder_input, inference=False)
-        else:
-            rate_input = torch.round(coded - median) + median
-            decoder_input = quantizer.from_coded(rate_input, inference=True)
+        rate_input = torch.round(coded - median) + median
+        decoder_input = quantizer.from_coded(rate_input, inference=True)
         return CodedLatent(decoder_input, rate_input, self.likelihood(rate_input))
 
     def compress(
         self, latent: Tensor, quantizer: QuantizationStrategy
-    ) -> tuple[list[bytes], Tensor]:
-        """rANS-codes ``round(z - median)``; returns the strings and ``z_hat``."""
-        coded = quantizer.to_coded(latent)
-        strings = self.entropy_bottleneck.compress(coded)
-        median = self.median()
-        coded_hat = torch.round(coded - median) + median
-        return strings, quantizer.from_coded(coded_hat, inference=True)
+    ) -> tuple[list[bytes], CodedLatent]:
+        """rANS-codes ``round(z - median)``; returns the strings and the hard latent."""
+        strings = self.entropy_bottleneck.compress(quantizer.to_coded(latent))
+        return strings, self.quantize_hard(latent, quantizer)
 
     def decompress(
         self, strings: list[bytes], size: tuple[int, int], quantizer: QuantizationStrategy

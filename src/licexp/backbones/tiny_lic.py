@@ -31,7 +31,14 @@ from collections.abc import Sequence
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
-from licexp.backbones.base import Bitstreams, CodecOutput, LearnedCodec, check_channels
+from licexp.backbones.base import (
+    Bitstreams,
+    CodecOutput,
+    EncoderSide,
+    LearnedCodec,
+    check_channels,
+    estimated_bits,
+)
 from licexp.backbones.concatenated_residual import unit_middle
 from licexp.backbones.latent_coders import CodedLatent, GaussianLatentCoder, HyperLatentCoder
 from licexp.backbones.multistage_context import MultistageContextModel, Stage
@@ -269,17 +276,23 @@ class TinyLIC(LearnedCodec):
         self.check_input(x)
         y = self.g_a(x)
         z = self.h_a(y)
-        z_strings, z_hat = self.hyper_latent.compress(z, self.quantizer)
+        z_strings, z_coded = self.hyper_latent.compress(z, self.quantizer)
         encoder = StagedRansEncoder(self.latent.tables_for(self.quantizer), batch_size=x.size(0))
+        likelihoods = [z_coded.likelihoods]
 
         def code_stage(stage: Stage, parameters: EntropyParameters) -> Tensor:
             latent = self.context_model.select(stage, y)
             hard = self.latent.quantize_hard(latent, parameters, self.quantizer)
             encoder.write(hard.encoding)
+            likelihoods.append(hard.encoding.likelihoods)
             return hard.decoder_input
 
-        self.context_model.decode(self.h_s(z_hat), code_stage)
-        return Bitstreams({"z": z_strings, "y": encoder.flush()}, latent_size=tuple(z.shape[-2:]))
+        y_hat = self.context_model.decode(self.h_s(z_coded.decoder_input), code_stage)
+        return Bitstreams(
+            {"z": z_strings, "y": encoder.flush()},
+            latent_size=tuple(z.shape[-2:]),
+            encoder_side=EncoderSide(y_hat, estimated_bits(*likelihoods)),
+        )
 
     def decompress(self, bitstreams: Bitstreams) -> Tensor:
         z_hat = self.hyper_latent.decompress(

@@ -22,7 +22,6 @@ from licexp.evaluation.bitstream import (
     pack,
     unpack,
 )
-from licexp.training.loss import bits_per_pixel
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -75,7 +74,8 @@ class RealCoding:
     estimated_bpp: float
     """Rate the entropy model estimates for the hard-quantised latents (same pixel count)."""
     decode_error: float
-    """Largest difference between the decoded and the hard forward reconstruction."""
+    """Largest difference between the decoded latent ``y_hat`` and the encoder's own; the
+    reconstruction is ``g_s(y_hat)`` on both sides, so 0 means the encoder's image."""
     encoding_time: float
     decoding_time: float
 
@@ -125,8 +125,11 @@ def code_image(
     ``identity`` is what the container records (computed from ``codec`` when not given:
     pass it when coding many images with one model); ``padding`` is one of
     :data:`~licexp.evaluation.bitstream.PADDINGS`. The container is decoded with every
-    check of :func:`decode_container`, and the decoded reconstruction is compared with the
-    hard-quantised forward pass; callers report a non-zero ``decode_error`` loudly.
+    check of :func:`decode_container`, and the decoded latent is compared with the one the
+    encoder computed (:class:`~licexp.backbones.base.EncoderSide`, the eval-mode forward
+    pass's hard path), whose likelihoods give the estimated rate: the codec runs once each
+    way, as CompressAI's ``eval_model`` runs it. Callers report a non-zero
+    ``decode_error`` loudly.
     """
     x = image.unsqueeze(0) if image.dim() == 3 else image
     if x.dim() != 4 or x.shape[:2] != (1, 3):
@@ -142,20 +145,15 @@ def code_image(
     coded = CodedImage(bitstreams, height, width, identity, checksum.value, padding)
     container = pack(coded)
     encoded = time.perf_counter()
-    decoded = _decode(codec, unpack(container), identity)
+    decoded, y_hat = _decode(codec, unpack(container), identity)
     decoding_time = time.perf_counter() - encoded
 
-    reference = codec(padded)
-    estimated_bits = sum(
-        bits_per_pixel(likelihoods, 1) for likelihoods in reference.likelihoods.values()
-    )
-    reconstruction = crop(reference.x_hat, coded, codec.downsampling_factor)
-    decode_error = (decoded - reconstruction).abs().max().item()
+    encoder_side = bitstreams.encoder_side
     return RealCoding(
         container=container,
         x_hat=decoded.clamp(0, 1)[0],
-        estimated_bpp=float(estimated_bits) / (height * width),
-        decode_error=decode_error,
+        estimated_bpp=float(encoder_side.bits.sum()) / (height * width),
+        decode_error=(y_hat - encoder_side.y_hat).abs().max().item(),
         encoding_time=encoded - start,
         decoding_time=decoding_time,
     )
@@ -181,14 +179,19 @@ def check_identity(found: ModelIdentity, expected: ModelIdentity) -> None:
         )
 
 
-def _decode(codec: LearnedCodec, coded: CodedImage, identity: ModelIdentity) -> Tensor:
-    """Decodes a checked container to the unclamped ``[1, 3, H, W]`` reconstruction."""
+def _decode(
+    codec: LearnedCodec, coded: CodedImage, identity: ModelIdentity
+) -> tuple[Tensor, Tensor]:
+    """Decodes a checked container: the unclamped ``[1, 3, H, W]`` reconstruction and the
+    decoded latent ``y_hat`` it was synthesised from (``g_s``'s input)."""
     check_identity(coded.identity, identity)
     check_sizes(codec, coded)
     non_finite: list[str] = []
+    inputs: dict[str, Tensor] = {}
 
     def watch(latent: str) -> Callable[[torch.nn.Module, tuple[Tensor, ...]], None]:
         def hook(module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
+            inputs[latent] = args[0]
             if not non_finite and not torch.isfinite(args[0]).all():
                 non_finite.append(latent)
 
@@ -197,7 +200,6 @@ def _decode(codec: LearnedCodec, coded: CodedImage, identity: ModelIdentity) -> 
     handles = [
         getattr(codec, module).register_forward_pre_hook(watch(latent))
         for module, latent in (("h_s", "z"), ("g_s", "y"))
-        if hasattr(codec, module)
     ]
     try:
         with symbol_checksum() as checksum:
@@ -215,7 +217,7 @@ def _decode(codec: LearnedCodec, coded: CodedImage, identity: ModelIdentity) -> 
             "entropy parameters differ from the encoder's (another device or thread count can "
             "do this), so the image would be wrong"
         )
-    return decoded
+    return decoded, inputs["y"]
 
 
 @torch.inference_mode()
@@ -229,5 +231,5 @@ def decode_container(
     written by another model (fingerprint), sizes that do not fit the backbone, symbols
     that decode differently from the encoder's, or a non-finite decode.
     """
-    decoded = _decode(codec, unpack(container), identity or identity_of(codec))
+    decoded, _ = _decode(codec, unpack(container), identity or identity_of(codec))
     return decoded.clamp(0, 1)[0]

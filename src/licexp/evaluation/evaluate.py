@@ -1,7 +1,8 @@
 """Evaluation of a trained codec on real bitstreams, beside classical anchors.
 
-For every image: pad, rANS-encode, write the container, decode it, check the decode
-against the hard-quantised forward pass, and measure bpp from the bytes, PSNR-RGB and
+For every image: pad, rANS-encode, write the container, decode it, check the decoded
+latent against the encoder's (the hard-quantised forward pass's), and measure bpp from the
+bytes, PSNR-RGB and
 MS-SSIM. Results go to ``out_dir`` as CompressAI ``eval_model`` JSON, a per-image CSV, the
 bitstreams, reconstructions and an RD figure (``rd.png``); Pillow's JPEG, WebP and JPEG
 2000 are measured live on the same images and compared at equal rate.
@@ -71,8 +72,8 @@ def evaluate_images(
             save_png(coding.x_hat, out_dir / f"reconstruction_{name}.png")
         if coding.decode_error != 0:
             log.error(
-                "DECODE MISMATCH on %s: the decoded bitstream differs from the hard-quantised "
-                "forward pass by up to %.3g; encoder and decoder are out of sync",
+                "DECODE MISMATCH on %s: the decoded latent differs from the encoder's by up "
+                "to %.3g; encoder and decoder are out of sync",
                 name,
                 coding.decode_error,
             )
