@@ -1,0 +1,213 @@
+"""licexp's coding against CompressAI's on the same weights (issue 15, goal 2).
+
+    .venv/bin/python benchmarks/coding.py [--ckpt FILE] [--limit N] [--repeats 3] [--quick]
+
+``mean_scale`` + ``ste`` writes the bytes of CompressAI's ``MeanScaleHyperprior`` on the
+same weights, so the comparison is exact: both models are built from one state dict, and
+every image's strings are checked equal before a time is kept.
+
+1. Per call, in one process: for each image (Kodak from ../shared/data/kodak, else the
+   bundled photos), CompressAI's ``compress``, licexp's ``compress``, CompressAI's
+   ``decompress`` and licexp's ``decompress`` in turn, ``--repeats`` times; the fastest of
+   each is kept, and the sums over the images are compared.
+2. Evaluation: CompressAI's ``eval_model`` (its ``python -m compressai.utils.eval_model``
+   loop: read, pad, compress, decompress, PSNR, MS-SSIM) against licexp's
+   ``evaluate_images`` (read, pad, compress, container, decode with every check, PSNR,
+   MS-SSIM, bitstreams written; no classical anchors) over the same files, wall time.
+
+The weights are the checkpoint's (``--ckpt``: a licexp checkpoint of ``mean_scale``), else
+CompressAI's initialisation at N = 128, M = 192 (seeded) with GDN's ``gamma`` spread off
+the diagonal (an initial ``0.1 I`` sums exactly in any order, which would hide a kernel
+that changes the sums) and ``g_a``'s last layer scaled so that the latents carry a trained
+model's rate. The result rewrites the ``coding-vs-compressai`` section of BENCHMARKS.md;
+``--quick`` codes two images once and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from compressai.layers import GDN
+from compressai.models import MeanScaleHyperprior as CompressAIMeanScale
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import SHARED_DIR  # noqa: E402
+from report import machine_description, update_section  # noqa: E402
+
+from licexp.backbones import MeanScaleHyperprior  # noqa: E402
+from licexp.checkpoints import codec_from_checkpoint  # noqa: E402
+from licexp.data import DEFAULT_PHOTOS, load_photo  # noqa: E402
+from licexp.data.images import load_rgb  # noqa: E402
+from licexp.evaluation.evaluate import evaluate_images, save_png  # noqa: E402
+from licexp.quant import StraightThroughQuantization  # noqa: E402
+
+KODAK = SHARED_DIR / "data" / "kodak"
+
+
+def seeded_codec() -> MeanScaleHyperprior:
+    """CompressAI's initialisation at N = 128, M = 192, GDN spread, latents scaled."""
+    torch.manual_seed(0)
+    codec = MeanScaleHyperprior(N=128, M=192, quantizer=StraightThroughQuantization())
+    with torch.no_grad():
+        for module in codec.modules():
+            if isinstance(module, GDN):
+                channels = module.gamma.size(0)
+                spread = 0.1 * torch.eye(channels) + 0.02 * torch.rand(channels, channels)
+                module.gamma.copy_(module.gamma_reparam.init(spread))
+        codec.g_a[-1].weight.mul_(8)
+    codec.prepare_for_coding()
+    return codec
+
+
+def compressai_twin(codec: MeanScaleHyperprior) -> CompressAIMeanScale:
+    """CompressAI's own model holding ``codec``'s weights, its tables built the same way."""
+    twin = CompressAIMeanScale(codec.N, codec.M).eval()
+    twin.load_state_dict(
+        {
+            key.replace("hyper_latent.", "").replace("latent.", ""): value
+            for key, value in codec.state_dict().items()
+        }
+    )
+    twin.update(force=True)
+    return twin
+
+
+def image_files(root: Path, limit: int | None) -> tuple[str, list[Path]]:
+    """The Kodak files, or the bundled photos written to ``root`` when ../shared is absent."""
+    if KODAK.is_dir():
+        files = sorted(KODAK.glob("*.png"))[:limit]
+        return f"{len(files)} Kodak images (768x512)", files
+    root.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name in DEFAULT_PHOTOS[:limit]:
+        files.append(root / f"{name}.png")
+        save_png(load_photo(name), files[-1])
+    return f"the {len(files)} bundled photos (no ../shared)", files
+
+
+def fastest(function: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@torch.no_grad()
+def per_call(
+    codec: MeanScaleHyperprior, twin: CompressAIMeanScale, files: list[Path], repeats: int
+) -> dict[str, float]:
+    """Summed fastest times of each call over the images; raises if any bytes differ."""
+    totals = dict.fromkeys(("compressai_encode", "licexp_encode", "compressai_decode"), 0.0)
+    totals["licexp_decode"] = 0.0
+    decode_difference = 0.0
+    for path in files:
+        x = load_rgb(path)[None]
+        theirs = twin.compress(x)
+        ours = codec.compress(x)
+        if ours.strings["y"] != theirs["strings"][0] or ours.strings["z"] != theirs["strings"][1]:
+            raise AssertionError(f"{path.name}: licexp's bytes differ from CompressAI's")
+        decoded = codec.decompress(ours).clamp(0, 1)
+        their_image = twin.decompress(theirs["strings"], theirs["shape"])["x_hat"]
+        decode_difference = max(decode_difference, (decoded - their_image).abs().max().item())
+        totals["compressai_encode"] += fastest(lambda: twin.compress(x), repeats)
+        totals["licexp_encode"] += fastest(lambda: codec.compress(x), repeats)
+        totals["compressai_decode"] += fastest(
+            lambda: twin.decompress(theirs["strings"], theirs["shape"]), repeats
+        )
+        totals["licexp_decode"] += fastest(lambda: codec.decompress(ours), repeats)
+    totals["decode_difference"] = decode_difference
+    return totals
+
+
+def evaluation_times(
+    codec: MeanScaleHyperprior, twin: CompressAIMeanScale, files: list[Path], out_dir: Path
+) -> tuple[float, float, dict[str, float], dict[str, float]]:
+    """Wall times (and mean metrics) of CompressAI's ``eval_model`` and licexp's evaluation."""
+    threads = torch.get_num_threads()
+    from compressai.utils.eval_model.__main__ import eval_model
+
+    torch.set_num_threads(threads)  # the module sets one thread on import
+    start = time.perf_counter()
+    theirs = eval_model(
+        twin,
+        out_dir,
+        files[0].parent,
+        files,
+        architecture="mbt2018-mean",
+        half=False,
+        per_image=False,
+    )
+    compressai_time = time.perf_counter() - start
+    start = time.perf_counter()
+    images = [(path.stem, load_rgb(path)) for path in files]
+    rows = evaluate_images(codec, images, out_dir, reconstructions=0, padding="centred_zeros")
+    licexp_time = time.perf_counter() - start
+    ours = {key: statistics.fmean(row[key] for row in rows) for key in ("bpp", "psnr")}
+    return compressai_time, licexp_time, dict(theirs), ours
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", type=Path, help="a licexp checkpoint of mean_scale")
+    parser.add_argument("--limit", type=int, help="code only the first N images")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.limit, args.repeats = 2, 1
+
+    if args.ckpt:
+        codec, _ = codec_from_checkpoint(args.ckpt, quantizer=StraightThroughQuantization())
+        weights = f"the checkpoint {args.ckpt.name} (N = {codec.N}, M = {codec.M})"
+    else:
+        codec = seeded_codec()
+        weights = "seeded CompressAI initialisation, N = 128, M = 192 (see the docstring)"
+    twin = compressai_twin(codec)
+    with tempfile.TemporaryDirectory() as scratch:
+        described, files = image_files(Path(scratch) / "images", args.limit)
+        calls = per_call(codec, twin, files, args.repeats)
+        their_eval, our_eval, their_metrics, our_metrics = evaluation_times(
+            codec, twin, files, Path(scratch) / "eval"
+        )
+
+    def ratio(ours: float, theirs: float) -> str:
+        return f"{ours / theirs:.2f}"
+
+    body = f"""## Coding against CompressAI on the same weights: mean_scale + ste, CPU
+
+Weights: {weights}; {described}; bytes checked equal to CompressAI's for every image;
+licexp's decode differs from CompressAI's by at most {calls["decode_difference"]:.2g}.
+
+| per image, summed over the images | CompressAI (s) | licexp (s) | licexp / CompressAI |
+|---|---|---|---|
+| `compress` | {calls["compressai_encode"]:.3f} | {calls["licexp_encode"]:.3f} | {ratio(calls["licexp_encode"], calls["compressai_encode"])} |
+| `decompress` | {calls["compressai_decode"]:.3f} | {calls["licexp_decode"]:.3f} | {ratio(calls["licexp_decode"], calls["compressai_decode"])} |
+| evaluation (wall) | {their_eval:.3f} | {our_eval:.3f} | {ratio(our_eval, their_eval)} |
+
+Per call: the fastest of {args.repeats} interleaved runs of each. Evaluation: CompressAI's
+`eval_model` ({their_metrics["bpp"]:.4f} bpp, {their_metrics["psnr-rgb"]:.3f} dB) against
+licexp's `evaluate_images` ({our_metrics["bpp"]:.4f} bpp with the container's header,
+{our_metrics["psnr"]:.3f} dB), both with zero padding around the centred image.
+
+Machine: {machine_description()}. Command: `.venv/bin/python benchmarks/coding.py{
+        f" --ckpt {args.ckpt}" if args.ckpt else ""
+    }{f" --limit {args.limit}" if args.limit and not args.quick else ""} --repeats {args.repeats}`
+"""
+    print(body)
+    if not args.quick:
+        update_section("coding-vs-compressai" + ("-checkpoint" if args.ckpt else ""), body)
+
+
+if __name__ == "__main__":
+    main()
