@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from compressai.entropy_models import GaussianConditional
 from golden_bitstreams import golden_codec, golden_image
 from helpers import code_and_decode, compose_train, gaussian_table_model
 from hydra.utils import instantiate
@@ -18,6 +19,7 @@ from licexp.data import DeadLeavesDataset
 from licexp.evaluation.bitstream import BitstreamError
 from licexp.evaluation.codec import code_image, decode_container
 from licexp.quant import EntropyParameters
+from licexp.quant.symbols import scale_table_rows
 from licexp.quant.tcq import TrellisCodedQuantization, TrellisSymbols
 from licexp.quant.trellis import (
     ECM_8_STATES,
@@ -354,6 +356,16 @@ def test_bad_tcq_settings_name_the_setting(override, message) -> None:
 
 
 def test_table_rows_are_the_rows_compressai_build_indexes_picks() -> None:
-    scales = torch.cat([torch.tensor([0.0, 0.05, 0.11, 256.0, 1e4]), torch.rand(5000) * 30])
-    rows = TrellisSymbols.table_rows(scales, GAUSSIAN.scale_table)
-    assert torch.equal(rows, GAUSSIAN.scale_indexes(scales).long())
+    table = GAUSSIAN.scale_table
+    scales = torch.cat(
+        [
+            torch.tensor([0.0, -1.0, 0.05, 0.11, 256.0, 1e4, float("inf"), float("nan")]),
+            table,  # ties: the row of the scale itself
+            torch.nextafter(table, torch.zeros_like(table)),
+            torch.rand(5000) * 30,
+        ]
+    )
+    expected = GaussianConditional.build_indexes(GAUSSIAN, scales)  # CompressAI's own loop
+    assert torch.equal(scale_table_rows(GAUSSIAN.lower_bound_scale(scales), table), expected.long())
+    assert torch.equal(GAUSSIAN.scale_indexes(scales), expected)
+    assert expected.unique().numel() == len(table)

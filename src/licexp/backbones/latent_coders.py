@@ -23,6 +23,7 @@ from licexp.quant.symbols import (
     SymbolCoding,
     SymbolEncoding,
     SymbolReader,
+    scale_table_rows,
 )
 
 
@@ -78,7 +79,8 @@ class SymbolTableConditional(GaussianConditional):
         return len(self.scale_table)
 
     def scale_indexes(self, scales: Tensor) -> Tensor:
-        return self.build_indexes(scales)
+        """CompressAI's ``build_indexes`` (the lower-bounded scale's row), by one search."""
+        return scale_table_rows(self.lower_bound_scale(scales), self.scale_table).int()
 
     def likelihood(self, values: Tensor, scales: Tensor, means: Tensor | None) -> Tensor:
         likelihood = self._likelihood(values, scales, means)

@@ -75,6 +75,14 @@ class CdfTables:
         )
 
 
+def scale_table_rows(scales: Tensor, table: Tensor) -> Tensor:
+    """The scale-table row of each element (``int64``): the smallest table scale at or above
+    its scale, the last row above the table (and for NaN). CompressAI's ``build_indexes``
+    picks the same row with one comparison pass per row; this is one binary search."""
+    boundaries = table[:-1].to(scales.device, scales.dtype)
+    return torch.searchsorted(boundaries, scales.detach().contiguous())
+
+
 class GaussianTableModel(Protocol):
     """What a symbol coding needs of the Gaussian entropy model that holds the tables
     (:class:`licexp.backbones.latent_coders.SymbolTableConditional`)."""

@@ -57,6 +57,7 @@ from licexp.quant.symbols import (
     SymbolCoding,
     SymbolEncoding,
     SymbolReader,
+    scale_table_rows,
 )
 from licexp.quant.trellis import (
     TRELLISES,
@@ -130,17 +131,12 @@ class TrellisSymbols(SymbolCoding):
             table = get_scale_table()
         return table.to(like.device, like.dtype)
 
-    @staticmethod
-    def table_rows(scales: Tensor, table: Tensor) -> Tensor:
-        """The scale-table row of each element: the smallest table scale at or above its
-        scale, the row CompressAI's ``build_indexes`` picks (one search, not a pass per row)."""
-        return torch.searchsorted(table[:-1], scales.detach().contiguous())
-
     def coded_scales(self, scales: Tensor, table: Tensor | None = None) -> Tensor:
-        """The scale each element's symbol is coded with (:meth:`table_rows` of ``table``);
-        straight-through gradient."""
+        """The scale each element's symbol is coded with (the row
+        :func:`~licexp.quant.symbols.scale_table_rows` picks in ``table``); straight-through
+        gradient."""
         table = self.scale_table(table, scales)
-        coded = table[self.table_rows(scales, table)]
+        coded = table[scale_table_rows(scales, table)]
         return scales + (coded - scales).detach()
 
     def cell_likelihoods(
@@ -194,7 +190,7 @@ class TrellisSymbols(SymbolCoding):
 
     def indexes(self, quantisers: Tensor, scales: Tensor, model: GaussianTableModel) -> Tensor:
         """The CDF table of each symbol: its quantiser's block, its scale's row."""
-        rows = self.chains(self.table_rows(scales, self.scale_table(model.scale_table, scales)))
+        rows = self.chains(scale_table_rows(scales, self.scale_table(model.scale_table, scales)))
         return (quantisers * model.num_scales + rows).int()
 
     def cdf_tables(self, model: GaussianTableModel) -> CdfTables:
@@ -243,7 +239,7 @@ class TrellisSymbols(SymbolCoding):
         """Reads one symbol of every chain per step, each with its state's table."""
         scales = parameters.scales
         table = self.scale_table(model.scale_table, scales)
-        scale_rows = self.chains(self.table_rows(scales, table))
+        scale_rows = self.chains(scale_table_rows(scales, table))
         batch, rows, length = scale_rows.shape
         quantiser_of = self.trellis.quantiser_table(scales.device)
         successor = self.trellis.successor_table(scales.device)
