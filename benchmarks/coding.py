@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -92,13 +93,15 @@ def image_files(root: Path, limit: int | None) -> tuple[str, list[Path]]:
     return f"the {len(files)} bundled photos (no ../shared)", files
 
 
-def fastest(function: Callable[[], object], repeats: int) -> float:
-    times = []
+def interleaved_fastest(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The fastest of ``repeats`` rounds, each round running every call once in turn."""
+    best = dict.fromkeys(calls, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 @torch.no_grad()
@@ -106,8 +109,7 @@ def per_call(
     codec: MeanScaleHyperprior, twin: CompressAIMeanScale, files: list[Path], repeats: int
 ) -> dict[str, float]:
     """Summed fastest times of each call over the images; raises if any bytes differ."""
-    totals = dict.fromkeys(("compressai_encode", "licexp_encode", "compressai_decode"), 0.0)
-    totals["licexp_decode"] = 0.0
+    totals: dict[str, float] = {}
     decode_difference = 0.0
     for path in files:
         x = load_rgb(path)[None]
@@ -118,12 +120,14 @@ def per_call(
         decoded = codec.decompress(ours).clamp(0, 1)
         their_image = twin.decompress(theirs["strings"], theirs["shape"])["x_hat"]
         decode_difference = max(decode_difference, (decoded - their_image).abs().max().item())
-        totals["compressai_encode"] += fastest(lambda: twin.compress(x), repeats)
-        totals["licexp_encode"] += fastest(lambda: codec.compress(x), repeats)
-        totals["compressai_decode"] += fastest(
-            lambda: twin.decompress(theirs["strings"], theirs["shape"]), repeats
-        )
-        totals["licexp_decode"] += fastest(lambda: codec.decompress(ours), repeats)
+        calls = {
+            "compressai_encode": partial(twin.compress, x),
+            "licexp_encode": partial(codec.compress, x),
+            "compressai_decode": partial(twin.decompress, theirs["strings"], theirs["shape"]),
+            "licexp_decode": partial(codec.decompress, ours),
+        }
+        for name, time_taken in interleaved_fastest(calls, repeats).items():
+            totals[name] = totals.get(name, 0.0) + time_taken
     totals["decode_difference"] = decode_difference
     return totals
 
@@ -181,8 +185,8 @@ def main() -> None:
             codec, twin, files, Path(scratch) / "eval"
         )
 
-    def ratio(ours: float, theirs: float) -> str:
-        return f"{ours / theirs:.2f}"
+    def row(name: str, theirs: float, ours: float) -> str:
+        return f"| {name} | {theirs:.3f} | {ours:.3f} | {ours / theirs:.2f} |"
 
     body = f"""## Coding against CompressAI on the same weights: mean_scale + ste, CPU
 
@@ -191,9 +195,9 @@ licexp's decode differs from CompressAI's by at most {calls["decode_difference"]
 
 | per image, summed over the images | CompressAI (s) | licexp (s) | licexp / CompressAI |
 |---|---|---|---|
-| `compress` | {calls["compressai_encode"]:.3f} | {calls["licexp_encode"]:.3f} | {ratio(calls["licexp_encode"], calls["compressai_encode"])} |
-| `decompress` | {calls["compressai_decode"]:.3f} | {calls["licexp_decode"]:.3f} | {ratio(calls["licexp_decode"], calls["compressai_decode"])} |
-| evaluation (wall) | {their_eval:.3f} | {our_eval:.3f} | {ratio(our_eval, their_eval)} |
+{row("`compress`", calls["compressai_encode"], calls["licexp_encode"])}
+{row("`decompress`", calls["compressai_decode"], calls["licexp_decode"])}
+{row("evaluation (wall)", their_eval, our_eval)}
 
 Per call: the fastest of {args.repeats} interleaved runs of each. Evaluation: CompressAI's
 `eval_model` ({their_metrics["bpp"]:.4f} bpp, {their_metrics["psnr-rgb"]:.3f} dB) against

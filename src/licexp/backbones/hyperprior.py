@@ -6,7 +6,7 @@ mean-scale model without context is the architecture of Pan et al.'s three-gaps 
 
 from __future__ import annotations
 
-from compressai.layers import GDN
+import torch
 from compressai.models.utils import conv, deconv
 from torch import Tensor, nn
 
@@ -18,6 +18,7 @@ from licexp.backbones.base import (
     check_channels,
     estimated_bits,
 )
+from licexp.backbones.gdn import GDN
 from licexp.backbones.latent_coders import GaussianLatentCoder, HyperLatentCoder
 from licexp.quant import EntropyParameters, QuantizationStrategy
 
@@ -45,14 +46,24 @@ class HyperpriorCodec(LearnedCodec):
 
     Subclasses define ``h_a``, ``h_s``, what ``h_a`` reads (:meth:`hyper_analysis_input`)
     and how ``h_s``'s output splits into entropy parameters (:meth:`entropy_parameters`).
+
+    ``channels_last_synthesis``: in eval mode ``g_s`` runs in the channels-last layout,
+    about twice as fast on CPU (BENCHMARKS.md, "Coding against CompressAI"). Its 1x1
+    convolutions (GDN) then sum in another order, so the reconstruction differs from
+    CompressAI's (NCHW) by float rounding (about 1e-7); the bytes do not change (``g_s``
+    sees only decoded latents) and the eval forward pass and ``decompress`` agree exactly.
+    ``False`` reproduces CompressAI's reconstruction bit for bit.
     """
 
     module_roles = {"synthesis": ("g_s",), "entropy_parameters": ("h_s",)}
 
-    def __init__(self, N: int, M: int, quantizer: QuantizationStrategy) -> None:
+    def __init__(
+        self, N: int, M: int, quantizer: QuantizationStrategy, channels_last_synthesis: bool = True
+    ) -> None:
         super().__init__()
         check_channels(N=N, M=M)
         self.N, self.M = N, M
+        self.channels_last_synthesis = channels_last_synthesis
         self.g_a = gdn_analysis(N, M)
         self.g_s = gdn_synthesis(N, M)
         self.h_a, self.h_s = self.hyper_transforms(N, M)
@@ -93,7 +104,9 @@ class HyperpriorCodec(LearnedCodec):
         )
 
     def synthesize(self, y_hat: Tensor) -> Tensor:
-        return self.g_s(y_hat)
+        if self.training or not self.channels_last_synthesis:
+            return self.g_s(y_hat)
+        return self.g_s(y_hat.contiguous(memory_format=torch.channels_last)).contiguous()
 
     def latent_likelihood(self, y_rate: Tensor, latents: dict[str, Tensor]) -> Tensor:
         return self.latent.likelihood(y_rate, latents["scales"], latents.get("means"))
@@ -119,7 +132,7 @@ class HyperpriorCodec(LearnedCodec):
         )
         parameters = self.entropy_parameters(self.h_s(z_hat))
         y_hat = self.latent.decompress(bitstreams.strings["y"], parameters, self.quantizer)
-        return self.g_s(y_hat)
+        return self.synthesize(y_hat)
 
 
 class ScaleHyperprior(HyperpriorCodec):
