@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+import numpy as np
 import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
@@ -90,9 +91,11 @@ class StagedRansEncoder:
 class StagedRansDecoder:
     """Reads the symbols back from one string per image, in the order they were written.
 
-    Each :meth:`read` hands the coder only the tables its symbols name, trimmed to their
-    length: CompressAI converts the tables from Python lists on every call, so a strategy
-    that reads in many small steps (a trellis decoder) pays for what it uses only.
+    The tables become Python lists once per decoder, each row trimmed to its length.
+    CompressAI's coder converts the lists it is handed on every call, so a :meth:`read` of
+    fewer symbols than the tables hold entries (a trellis decoder reading in many small
+    steps) hands it only the rows its symbols name; a larger read (a hyperprior's one read,
+    a context model's stage) hands it every row rather than searching for the used ones.
     """
 
     def __init__(self, tables: CdfTables, strings: list[bytes]) -> None:
@@ -100,6 +103,7 @@ class StagedRansDecoder:
         self.rows = [row[:length] for row, length in zip(tables.cdf.tolist(), lengths, strict=True)]
         self.lengths = lengths
         self.offsets = tables.offsets.tolist()
+        self.entries = sum(lengths)
         self.decoders = []
         for string in strings:
             decoder = RansDecoder()
@@ -113,20 +117,26 @@ class StagedRansDecoder:
                 f"{len(self.decoders)} streams, asked for indexes of shape {tuple(indexes.shape)}"
             )
         indexes_cpu = indexes.cpu()
-        used, local = torch.unique(indexes_cpu, return_inverse=True)
-        used = used.tolist()
-        if used and not 0 <= used[0] <= used[-1] < len(self.rows):
-            raise ValueError(f"CDF table indexes {used[0]}..{used[-1]} outside 0..{len(self.rows)}")
+        if indexes_cpu.numel() and not 0 <= indexes_cpu.min() <= indexes_cpu.max() < len(self.rows):
+            raise ValueError(
+                f"CDF table indexes {int(indexes_cpu.min())}..{int(indexes_cpu.max())} outside "
+                f"0..{len(self.rows)}"
+            )
+        if indexes_cpu.size(1) < self.entries:
+            used, local = torch.unique(indexes_cpu, return_inverse=True)
+            rows = used.tolist()
+        else:
+            rows, local = range(len(self.rows)), indexes_cpu
         tables = (
-            [self.rows[t] for t in used],
-            [self.lengths[t] for t in used],
-            [self.offsets[t] for t in used],
+            [self.rows[t] for t in rows],
+            [self.lengths[t] for t in rows],
+            [self.offsets[t] for t in rows],
         )
         symbols = [
-            decoder.decode_stream(item.tolist(), *tables)
+            np.asarray(decoder.decode_stream(item.tolist(), *tables), dtype=np.int32)
             for decoder, item in zip(self.decoders, local, strict=True)
         ]
-        decoded = torch.tensor(symbols, dtype=torch.int32).reshape(indexes.shape)
+        decoded = torch.from_numpy(np.stack(symbols)).reshape(indexes.shape)
         checksum = _ACTIVE.get()
         if checksum is not None:
             for image_symbols, image_indexes in zip(decoded, indexes_cpu, strict=True):
