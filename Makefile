@@ -40,6 +40,8 @@ bench: install  ## CPU benchmarks; each rewrites its section of BENCHMARKS.md (G
 	$(PY) benchmarks/ddp.py
 	$(PY) benchmarks/tiny_lic.py
 	$(PY) benchmarks/tcq.py
+	$(PY) benchmarks/folder_data.py
+	$(PY) benchmarks/coding.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
