@@ -104,6 +104,7 @@ class StagedRansDecoder:
         self.lengths = lengths
         self.offsets = tables.offsets.tolist()
         self.entries = sum(lengths)
+        self.every_table = (self.rows, self.lengths, self.offsets)
         self.decoders = []
         for string in strings:
             decoder = RansDecoder()
@@ -122,16 +123,15 @@ class StagedRansDecoder:
                 f"CDF table indexes {int(indexes_cpu.min())}..{int(indexes_cpu.max())} outside "
                 f"0..{len(self.rows)}"
             )
+        tables, local = self.every_table, indexes_cpu
         if indexes_cpu.size(1) < self.entries:
             used, local = torch.unique(indexes_cpu, return_inverse=True)
             rows = used.tolist()
-        else:
-            rows, local = range(len(self.rows)), indexes_cpu
-        tables = (
-            [self.rows[t] for t in rows],
-            [self.lengths[t] for t in rows],
-            [self.offsets[t] for t in rows],
-        )
+            tables = (
+                [self.rows[t] for t in rows],
+                [self.lengths[t] for t in rows],
+                [self.offsets[t] for t in rows],
+            )
         symbols = [
             np.asarray(decoder.decode_stream(item.tolist(), *tables), dtype=np.int32)
             for decoder, item in zip(self.decoders, local, strict=True)
