@@ -46,6 +46,7 @@ from licexp.backbones import MeanScaleHyperprior  # noqa: E402
 from licexp.checkpoints import codec_from_checkpoint  # noqa: E402
 from licexp.data import DEFAULT_PHOTOS, load_photo  # noqa: E402
 from licexp.data.images import load_rgb  # noqa: E402
+from licexp.evaluation.codec import pad_image  # noqa: E402
 from licexp.evaluation.evaluate import evaluate_images, save_png  # noqa: E402
 from licexp.quant import StraightThroughQuantization  # noqa: E402
 
@@ -120,7 +121,7 @@ def per_call(
     totals: dict[str, float] = {}
     decode_difference = 0.0
     for path in files:
-        x = load_rgb(path)[None]
+        x = pad_image(load_rgb(path)[None], codec.downsampling_factor, "centred_zeros")
         theirs = twin.compress(x)
         ours = codec.compress(x)
         if ours.strings["y"] != theirs["strings"][0] or ours.strings["z"] != theirs["strings"][1]:
@@ -194,8 +195,11 @@ def main() -> None:
         args.limit, args.repeats, args.eval_repeats = 2, 1, 1
 
     if args.ckpt:
-        codec, _ = codec_from_checkpoint(args.ckpt, quantizer=StraightThroughQuantization())
-        weights = f"the checkpoint {args.ckpt.name} (N = {codec.N}, M = {codec.M})"
+        codec, config = codec_from_checkpoint(args.ckpt, quantizer=StraightThroughQuantization())
+        weights = (
+            f"a trained checkpoint (N = {codec.N}, M = {codec.M}, lmbda = {config.get('lmbda')}, "
+            f"{config.get('trainer', {}).get('max_steps')} steps)"
+        )
     else:
         codec = seeded_codec()
         weights = "seeded CompressAI initialisation, N = 128, M = 192 (see the docstring)"

@@ -56,6 +56,34 @@ def test_matches_dense_masked_attention_to_float64_precision(shape) -> None:
     assert torch.allclose(fast, dense, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 2, 7, 7, 4, 7), (1, 3, 9, 13, 5, 3), (1, 2, 16, 11, 4, 7), (1, 2, 5, 6, 2, 1)],
+)
+def test_the_flex_backend_matches_dense_masked_attention(shape) -> None:
+    """FlexAttention with the window block mask and the bias score modification (its eager
+    reference on CPU; the compiled kernels are checked on CUDA in test_gpu.py)."""
+    q, k, v, table = random_problem(*shape, dtype=torch.float64)
+    kernel = shape[-1]
+    flex = neighborhood_attention(q, k, v, table, kernel, backend="flex")
+    dense = dense_neighborhood_attention(q, k, v, table, kernel)
+    assert torch.allclose(flex, dense, rtol=0, atol=1e-12)
+
+
+def test_the_flex_backend_refuses_to_train_on_cpu_naming_the_setting() -> None:
+    """FlexAttention has no CPU backward (its gradients are checked on CUDA, test_gpu.py)."""
+    q, k, v, table = random_problem(1, 2, 5, 6, 2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="attention=flex.*CUDA.*attention=tiled"):
+        neighborhood_attention(q, k, v, table, 3, backend="flex")
+
+
+def test_an_unknown_backend_is_named() -> None:
+    with pytest.raises(ValueError, match="attention backend must be one of .*'fast'"):
+        neighborhood_attention(*random_problem(1, 1, 5, 5, 2, 3), kernel_size=3, backend="fast")
+    with pytest.raises(ValueError, match="'fast'"):
+        NeighborhoodAttention2d(8, 2, 3, backend="fast")
+
+
 def test_gradients_pass_gradcheck() -> None:
     q, k, v, table = random_problem(1, 2, 4, 5, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
@@ -114,7 +142,7 @@ def test_maps_smaller_than_the_kernel_are_refused() -> None:
 def test_natten_fast_path_agrees_with_the_pure_pytorch_operators() -> None:
     q, k, v, table = (t.cuda() for t in random_problem(2, 4, 19, 23, 16, 7))
     fast = neighborhood_attention(q, k, v, table, 7)
-    pure = neighborhood_attention(q, k, v, table, 7, use_natten=False)
+    pure = neighborhood_attention(q, k, v, table, 7, backend="tiled")
     assert torch.allclose(fast, pure, atol=1e-5)
 
 

@@ -240,3 +240,17 @@ def test_bytes_match_the_estimated_rate_on_informative_latents(quant) -> None:
     pixels = image.shape[-2] * image.shape[-1]
     assert payload_bpp(coding.container, pixels) == pytest.approx(coding.estimated_bpp, rel=0.02)
     assert coding.bpp > payload_bpp(coding.container, pixels)  # the header is counted too
+
+
+def test_the_attention_backend_changes_how_tiny_lic_computes_not_what() -> None:
+    """``attention=flex`` builds the same modules (weights load across) and the same outputs."""
+    torch.manual_seed(3)
+    tiled = small_tiny_lic("ste", attention="tiled").eval()
+    flex = small_tiny_lic("ste", attention="flex").eval()
+    flex.load_state_dict(tiled.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected, found = tiled(x), flex(x)
+    assert torch.allclose(found.x_hat, expected.x_hat, atol=1e-5)
+    assert torch.allclose(found.latents["y"], expected.latents["y"], atol=1e-5)
+    assert {m.backend for m in flex.modules() if hasattr(m, "backend")} == {"flex"}

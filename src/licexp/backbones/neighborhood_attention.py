@@ -20,9 +20,11 @@ and every tile attends densely to its halo of ``(T + 2r)^2`` keys (``r = floor(k
 with the keys outside each query's window masked out, by batched matrix products and
 plain autograd. Memory therefore grows as ``H * W * (T + 2r)^2``, with ``T`` of the order
 of ``k`` (the attention weights of the tiles, saved for the backward pass), never as
-``(H * W)^2``. When the ``natten`` package with its unfused ``na2d_qk`` / ``na2d_av``
-operators (versions 0.15 to 0.17, which take ``rpb``) is installed, CUDA tensors go
-through it instead (:func:`natten_operators`).
+``(H * W)^2``. Two other backends compute the same attention on CUDA
+(:data:`BACKENDS`): NATTEN's unfused ``na2d_qk`` / ``na2d_av`` operators (versions 0.15 to
+0.17, which take ``rpb``; :func:`natten_operators`), chosen by default where installed, and
+PyTorch's FlexAttention with the window as a block mask and the bias as a score
+modification (:func:`flex_neighborhood_attention`, compiled on CUDA), chosen by name.
 
 Lu and Ma, "High-Efficiency Lossy Image Coding Through Adaptive Neighborhood Information
 Aggregation" (Tiny-LIC, 2022), build their transforms from residual neighbourhood
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 
 def window_starts(length: int, kernel_size: int, device: torch.device | None = None) -> Tensor:
@@ -136,6 +139,13 @@ def natten_operators() -> tuple[Callable[..., Tensor], Callable[..., Tensor]] | 
     return qk, av
 
 
+BACKENDS = ("auto", "tiled", "flex")
+"""How :func:`neighborhood_attention` computes: ``auto`` uses NATTEN for CUDA tensors where
+:func:`natten_operators` finds it (and ``k > 1``: its kernels start at 3) and the tiled
+pure-PyTorch attention otherwise; ``tiled`` always the latter (the reference of the
+tests, and the CPU path); ``flex`` :func:`flex_neighborhood_attention`."""
+
+
 def neighborhood_attention(
     queries: Tensor,
     keys: Tensor,
@@ -143,15 +153,15 @@ def neighborhood_attention(
     bias_table: Tensor,
     kernel_size: int,
     *,
-    use_natten: bool = True,
+    backend: str = "auto",
 ) -> Tensor:
     """Neighbourhood attention of ``(B, heads, H, W, d)`` tensors with NATTEN's semantics.
 
     ``bias_table`` is the ``(heads, 2k - 1, 2k - 1)`` relative position bias; queries are
-    scaled by ``1 / sqrt(d)``. CUDA tensors use NATTEN when :func:`natten_operators` finds
-    it, ``use_natten`` is set and ``k > 1`` (NATTEN's kernels start at 3); everything else
-    runs :func:`tiled_neighborhood_attention`.
+    scaled by ``1 / sqrt(d)``; ``backend`` is one of :data:`BACKENDS`.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
     height, width = queries.shape[2:4]
     if min(height, width) < kernel_size:
         raise ValueError(
@@ -163,7 +173,15 @@ def neighborhood_attention(
             f"bias table of shape {tuple(bias_table.shape)} does not fit kernel {kernel_size}"
         )
     queries = queries * queries.size(-1) ** -0.5
-    operators = natten_operators() if use_natten and queries.is_cuda and kernel_size > 1 else None
+    if backend == "flex":
+        if not queries.is_cuda and torch.is_grad_enabled() and queries.requires_grad:
+            raise ValueError(
+                "attention=flex trains on CUDA only (FlexAttention has no CPU backward); "
+                "on the CPU use attention=tiled (or auto)"
+            )
+        return flex_neighborhood_attention(queries, keys, values, bias_table, kernel_size)
+    auto = backend == "auto" and queries.is_cuda and kernel_size > 1
+    operators = natten_operators() if auto else None
     if operators is not None:
         natten_qk, natten_av = operators
         logits = natten_qk(queries, keys, kernel_size, 1, rpb=bias_table)
@@ -207,6 +225,60 @@ def tiled_neighborhood_attention(
     ]
 
 
+@functools.lru_cache(maxsize=32)
+def neighborhood_block_mask(
+    height: int, width: int, kernel_size: int, device: torch.device
+) -> BlockMask:
+    """FlexAttention's block mask of the windows ``N(i, j)`` on a row-major ``H x W`` map
+    (cached: one per map size; the blocks outside every window are skipped)."""
+    rows, cols = (window_starts(n, kernel_size, device) for n in (height, width))
+
+    def in_window(batch: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        row, col = rows[query // width], cols[query % width]
+        key_row, key_col = key // width, key % width
+        return (
+            (key_row >= row)
+            & (key_row < row + kernel_size)
+            & (key_col >= col)
+            & (key_col < col + kernel_size)
+        )
+
+    length = height * width
+    return create_block_mask(in_window, None, None, length, length, device=device)
+
+
+@functools.cache
+def compiled_flex_attention() -> Callable[..., Tensor]:
+    """FlexAttention compiled once: its fused kernels need ``torch.compile`` (CUDA)."""
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_neighborhood_attention(
+    queries: Tensor, keys: Tensor, values: Tensor, bias_table: Tensor, kernel_size: int
+) -> Tensor:
+    """The same attention by FlexAttention: the windows as a block mask
+    (:func:`neighborhood_block_mask`), ``B[h, p - i + k - 1, q - j + k - 1]`` added as a
+    score modification, on (already scaled) queries. CUDA tensors run the compiled kernels;
+    others FlexAttention's eager reference, which forms all ``(H W)^2`` scores (tests only)."""
+    batch, heads, height, width, dim = queries.shape
+    last = 2 * kernel_size - 2
+
+    def add_bias(score: Tensor, batch: Tensor, head: Tensor, query: Tensor, key: Tensor) -> Tensor:
+        # clamped: the kernels also evaluate masked pairs inside a partly masked block
+        row = (key // width - query // width + kernel_size - 1).clamp(0, last)
+        col = (key % width - query % width + kernel_size - 1).clamp(0, last)
+        return score + bias_table[head, row, col]
+
+    attend = compiled_flex_attention() if queries.is_cuda else flex_attention
+    attended = attend(
+        *(t.reshape(batch, heads, height * width, dim) for t in (queries, keys, values)),
+        score_mod=add_bias,
+        block_mask=neighborhood_block_mask(height, width, kernel_size, queries.device),
+        scale=1.0,
+    )
+    return attended.reshape(batch, heads, height, width, dim)
+
+
 def dense_neighborhood_attention(
     queries: Tensor, keys: Tensor, values: Tensor, bias_table: Tensor, kernel_size: int
 ) -> Tensor:
@@ -245,14 +317,17 @@ class NeighborhoodAttention2d(nn.Module):
     table ``(heads, 2k - 1, 2k - 1)`` (truncated normal, std 0.02), ``proj = Linear(C, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int) -> None:
+    def __init__(self, dim: int, num_heads: int, kernel_size: int, backend: str = "auto") -> None:
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
         if dim % num_heads:
             raise ValueError(f"{dim} channels do not split into {num_heads} heads")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"the kernel size must be odd and positive, got {kernel_size}")
         self.num_heads = num_heads
         self.kernel_size = kernel_size
+        self.backend = backend
         self.qkv = nn.Linear(dim, 3 * dim)
         self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
         nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
@@ -262,11 +337,13 @@ class NeighborhoodAttention2d(nn.Module):
         batch, height, width, dim = x.shape
         qkv = self.qkv(x).reshape(batch, height, width, 3, self.num_heads, dim // self.num_heads)
         queries, keys, values = qkv.permute(3, 0, 4, 1, 2, 5)
-        attended = neighborhood_attention(queries, keys, values, self.rpb, self.kernel_size)
+        attended = neighborhood_attention(
+            queries, keys, values, self.rpb, self.kernel_size, backend=self.backend
+        )
         return self.proj(attended.permute(0, 2, 3, 1, 4).reshape(batch, height, width, dim))
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, kernel_size={self.kernel_size}"
+        return f"num_heads={self.num_heads}, kernel_size={self.kernel_size}, backend={self.backend}"
 
 
 class DropPath(nn.Module):
@@ -305,11 +382,12 @@ class NeighborhoodTransformerBlock(nn.Module):
         kernel_size: int,
         mlp_ratio: float = 2.0,
         drop_path: float = 0.0,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = NeighborhoodAttention2d(dim, num_heads, kernel_size)
+        self.attn = NeighborhoodAttention2d(dim, num_heads, kernel_size, backend)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.drop_path = DropPath(drop_path)
@@ -324,7 +402,8 @@ class RNAB(nn.Module):
 
     The blocks (:class:`NeighborhoodTransformerBlock`) run in channels-last layout; the
     linear layers start from a truncated normal (std 0.02) with zero biases, as in the
-    authors' release. ``drop_path`` gives each block's stochastic-depth probability.
+    authors' release. ``drop_path`` gives each block's stochastic-depth probability;
+    ``backend`` how the attention computes (:data:`BACKENDS`).
     """
 
     def __init__(
@@ -335,6 +414,7 @@ class RNAB(nn.Module):
         kernel_size: int,
         mlp_ratio: float = 2.0,
         drop_path: Sequence[float] | None = None,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
         rates = list(drop_path) if drop_path is not None else [0.0] * depth
@@ -342,7 +422,7 @@ class RNAB(nn.Module):
             raise ValueError(f"need {depth} drop-path rates, got {len(rates)}")
         self.blocks = nn.Sequential(
             *(
-                NeighborhoodTransformerBlock(dim, num_heads, kernel_size, mlp_ratio, rate)
+                NeighborhoodTransformerBlock(dim, num_heads, kernel_size, mlp_ratio, rate, backend)
                 for rate in rates
             )
         )

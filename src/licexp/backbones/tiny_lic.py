@@ -104,6 +104,8 @@ class TinyLIC(LearnedCodec):
         slices: the four channel slices of the context model (cosine schedule by default).
         unit: ``icsa`` (conv -> RNAB, Tiny-LIC), ``icrsa`` (conv -> CRM -> RNAB) or
             ``icrsa_conv`` (the CRM replaced by a 3x3 conv), in all twelve units.
+        attention: how the neighbourhood attention computes, one of
+            :data:`~licexp.backbones.neighborhood_attention.BACKENDS` (the same function).
         quantizer: the quantisation strategy.
         stem: replaces ``g_a``'s first convolution (image -> ``N`` channels); its stride is
             ``stem_stride``.
@@ -143,6 +145,7 @@ class TinyLIC(LearnedCodec):
         drop_path_rate: float = 0.1,
         slices: Sequence[int] | None = None,
         unit: str = "icsa",
+        attention: str = "auto",
         *,
         quantizer: QuantizationStrategy,
         stem: nn.Module | None = None,
@@ -164,7 +167,7 @@ class TinyLIC(LearnedCodec):
         hyper_channels = N * 3 // 2
 
         def block(dim: int, depth: int, kernel: int, rates: list[float]) -> RNAB:
-            return RNAB(dim, depth, heads_for(dim, head_dim), kernel, mlp_ratio, rates)
+            return RNAB(dim, depth, heads_for(dim, head_dim), kernel, mlp_ratio, rates, attention)
 
         encoder_rates = _drop_path_rates([*depths, *hyper_depths], drop_path_rate)
         decoder_rates = _drop_path_rates([*hyper_depths[::-1], *depths[::-1]], drop_path_rate)
