@@ -113,6 +113,30 @@ def axis_tiling(length: int, kernel_size: int, device: torch.device) -> AxisTili
     )
 
 
+@functools.lru_cache(maxsize=16)
+def halo_bias_index(height: int, width: int, kernel_size: int, device: torch.device) -> Tensor:
+    """``(tiles, T^2, (T + 2r)^2)`` int32: where each tile's query-key pair reads the bias.
+
+    The entry is ``(p - i + k - 1) (2k - 1) + (q - j + k - 1)``, the pair's place in the
+    flattened ``(2k - 1)^2`` table, for keys inside the query's window, and ``(2k - 1)^2``,
+    one past the table, for the others: :func:`tiled_neighborhood_attention` appends a
+    ``-inf`` there, so one gather gives the bias and the window mask together (cached per
+    map size: it depends on the sizes only)."""
+    row, col = (axis_tiling(n, kernel_size, device) for n in (height, width))
+    side = 2 * kernel_size - 1
+    flat = (
+        row.bias_index[:, None, :, None, :, None] * side + col.bias_index[None, :, None, :, None, :]
+    )
+    inside = row.inside[:, None, :, None, :, None] & col.inside[None, :, None, :, None, :]
+    flat = torch.where(inside, flat, side * side).to(torch.int32)
+    tiles, queries, keys = (
+        row.queries.size(0) * col.queries.size(0),
+        row.queries.size(1) * col.queries.size(1),
+        row.keys.size(1) * col.keys.size(1),
+    )
+    return flat.reshape(tiles, queries, keys)
+
+
 def _tiles(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """``(B, h, H, W, d) -> (B, h, tiles, positions, d)`` at the given row/column tables."""
     batch, heads, _, _, dim = x.shape
@@ -196,21 +220,20 @@ def tiled_neighborhood_attention(
 
     Each ``T x T`` tile of (already scaled) queries attends to its ``(T + 2r)^2`` halo keys
     by two batched matrix products; keys outside a query's window get ``-inf`` and the
-    others the relative position bias. This trades ``((T + 2r) / k)^2`` (2 for ``k = 7``)
-    times the arithmetic of the ``k^2`` products for large, fast matrix products with
-    plain autograd; memory stays linear in ``H * W``.
+    others the relative position bias, both by one gather (:func:`halo_bias_index`). This
+    trades ``((T + 2r) / k)^2`` (2 for ``k = 7``) times the arithmetic of the ``k^2``
+    products for large, fast matrix products with plain autograd; memory stays linear in
+    ``H * W``.
     """
     batch, heads, height, width, dim = queries.shape
     row, col = (axis_tiling(n, kernel_size, queries.device) for n in (height, width))
     logits = _tiles(queries, row.queries, col.queries) @ _tiles(keys, row.keys, col.keys).transpose(
         -1, -2
     )
-    bias = bias_table[
-        :, row.bias_index[:, None, :, None, :, None], col.bias_index[None, :, None, :, None, :]
-    ]
-    inside = row.inside[:, None, :, None, :, None] & col.inside[None, :, None, :, None, :]
-    bias = bias.masked_fill(~inside, float("-inf"))
-    bias = bias.reshape(heads, logits.size(2), logits.size(3), logits.size(4))
+    index = halo_bias_index(height, width, kernel_size, queries.device)
+    outside = bias_table.new_full((heads, 1), float("-inf"))
+    table = torch.cat([bias_table.reshape(heads, -1), outside], dim=1)
+    bias = table.index_select(1, index.reshape(-1)).reshape(heads, *index.shape)
     attended = (logits + bias).softmax(dim=-1) @ _tiles(values, row.keys, col.keys)
     tiles = attended.reshape(
         batch, heads, row.queries.size(0), col.queries.size(0), row.queries.size(1), -1, dim
