@@ -42,6 +42,7 @@ bench: install  ## CPU benchmarks; each rewrites its section of BENCHMARKS.md (G
 	$(PY) benchmarks/tcq.py
 	$(PY) benchmarks/folder_data.py
 	$(PY) benchmarks/coding.py
+	$(PY) benchmarks/tiny_lic_coding.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
