@@ -75,3 +75,28 @@ def test_channels_last_synthesis_runs_only_at_inference_within_float_rounding(fa
     assert layouts == [False, True, False]
     assert fast.is_contiguous() and fast.shape == nchw.shape
     assert (fast - nchw).abs().max() < 1e-5
+
+
+def test_channels_last_analysis_codes_and_decodes_exactly_at_inference_only() -> None:
+    """``g_a`` sees channels-last tensors in eval mode only; the codec still decodes its own
+    bitstreams exactly and its encoder side is the eval forward pass's."""
+    torch.manual_seed(4)
+    codec = MeanScaleHyperprior(
+        N=16, M=24, quantizer=StraightThroughQuantization(), channels_last_analysis=True
+    )
+    layouts = []
+    codec.g_a[1].register_forward_pre_hook(
+        lambda module, args: layouts.append(
+            args[0].is_contiguous(memory_format=torch.channels_last)
+        )
+    )
+    x = torch.rand(1, 3, 64, 128)
+    codec(x)
+    codec.eval().update(force=True)
+    with torch.no_grad():
+        reference = codec(x)
+        bitstreams = codec.compress(x)
+        decoded = codec.decompress(bitstreams)
+    assert layouts == [False, True, True]
+    assert torch.equal(bitstreams.encoder_side.y_hat, reference.latents["y_hat"])
+    assert torch.equal(decoded, reference.x_hat)
