@@ -1,6 +1,7 @@
 """licexp's coding against CompressAI's on the same weights (issue 15, goal 2).
 
-    .venv/bin/python benchmarks/coding.py [--ckpt FILE] [--limit N] [--repeats 3] [--quick]
+    .venv/bin/python benchmarks/coding.py [--ckpt FILE] [--limit N] [--repeats 3]
+        [--device cpu|cuda] [--quick]
 
 ``mean_scale`` + ``ste`` writes the bytes of CompressAI's ``MeanScaleHyperprior`` on the
 same weights, so the comparison is exact: both models are built from one state dict, and
@@ -105,14 +106,22 @@ def image_files(root: Path, limit: int | None) -> tuple[str, list[Path]]:
 
 
 def interleaved_fastest(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """The fastest of ``repeats`` rounds, each round running every call once in turn."""
+    """The fastest of ``repeats`` rounds, each round running every call once in turn (CUDA
+    synchronised before and after each)."""
     best = dict.fromkeys(calls, float("inf"))
     for _ in range(repeats):
         for name, call in calls.items():
+            synchronize()
             start = time.perf_counter()
             call()
+            synchronize()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 @torch.no_grad()
@@ -123,7 +132,8 @@ def per_call(
     totals: dict[str, float] = {}
     decode_difference, other_bytes = 0.0, 0
     for path in files:
-        x = pad_image(load_rgb(path)[None], codec.downsampling_factor, "centred_zeros")
+        x = load_rgb(path)[None].to(codec.g_a[0].weight.device)
+        x = pad_image(x, codec.downsampling_factor, "centred_zeros")
         theirs = twin.compress(x)
         ours = codec.compress(x)
         if ours.strings["y"] != theirs["strings"][0] or ours.strings["z"] != theirs["strings"][1]:
@@ -169,6 +179,7 @@ def evaluation_times(
     from compressai.utils.eval_model.__main__ import eval_model
 
     torch.set_num_threads(threads)  # the module sets one thread on import
+    x_device = codec.g_a[0].weight.device
     metrics: dict[str, dict[str, float]] = {}
 
     def compressai_evaluation() -> None:
@@ -184,7 +195,7 @@ def evaluation_times(
         metrics["compressai"] = {"bpp": means["bpp"], "psnr": means["psnr-rgb"]}
 
     def licexp_evaluation() -> None:
-        images = [(path.stem, load_rgb(path)) for path in files]
+        images = [(path.stem, load_rgb(path).to(x_device)) for path in files]
         rows = evaluate_images(codec, images, out_dir, reconstructions=0, padding="centred_zeros")
         metrics["licexp"] = {
             key: statistics.fmean(row[key] for row in rows) for key in metrics["compressai"]
@@ -203,6 +214,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eval-repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -218,7 +230,7 @@ def main() -> None:
     else:
         codec = seeded_codec()
         weights = "seeded CompressAI initialisation, N = 128, M = 192 (see the docstring)"
-    twin = compressai_twin(codec)
+    codec, twin = codec.to(args.device), compressai_twin(codec).to(args.device)
     with tempfile.TemporaryDirectory() as scratch:
         described, files = image_files(Path(scratch) / "images", args.limit)
         calls = per_call(codec, twin, files, args.repeats)
@@ -235,11 +247,13 @@ def main() -> None:
             *([f"--ckpt {args.ckpt}"] if args.ckpt else []),
             *([f"--limit {args.limit}"] if args.limit and not args.quick else []),
             f"--repeats {args.repeats} --eval-repeats {args.eval_repeats}",
+            *([f"--device {args.device}"] if args.device != "cpu" else []),
         ]
     )
     theirs, ours = metrics["compressai"], metrics["licexp"]
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     other_strings = int(calls["fast_other_strings"])
-    body = f"""## Coding against CompressAI on the same weights: mean_scale + ste, CPU
+    body = f"""## Coding against CompressAI on the same weights: mean_scale + ste, {device_name}
 
 Weights: {weights}; {described}; bytes checked equal to CompressAI's for every image;
 licexp's decode differs from CompressAI's by at most {calls["decode_difference"]:.2g}.
@@ -265,7 +279,8 @@ Machine: {machine_description()}. Command: `{command}`
 """
     print(body)
     if not args.quick:
-        update_section("coding-vs-compressai" + ("-checkpoint" if args.ckpt else ""), body)
+        section = "coding-vs-compressai" + ("-checkpoint" if args.ckpt else "")
+        update_section(section + ("-cuda" if args.device == "cuda" else ""), body)
 
 
 if __name__ == "__main__":

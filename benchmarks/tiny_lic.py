@@ -1,6 +1,7 @@
 """Tiny-LIC timings: training step, neighbourhood attention against dense, real coding.
 
-    .venv/bin/python benchmarks/tiny_lic.py [--device cpu|cuda] [--quant soft_ste] [--quick]
+    .venv/bin/python benchmarks/tiny_lic.py [--device cpu|cuda] [--quant soft_ste]
+        [--attention auto|tiled|flex] [--quick]
 
 Measures, on one device, in this process:
 
@@ -18,7 +19,8 @@ Measures, on one device, in this process:
    bundled photo padded to that size) with ``tiny_lic`` on real bitstreams (untrained
    weights: the rANS part of the time depends on the symbols, the networks' does not).
 
-The result rewrites the ``tiny-lic-<device>`` section of BENCHMARKS.md; ``--quick`` runs
+The result rewrites the ``tiny-lic-<device>`` section of BENCHMARKS.md (``-<attention>``
+appended for a backend other than ``auto``; ``flex`` trains on CUDA only); ``--quick`` runs
 every part at toy sizes to check that it works and writes nothing.
 """
 
@@ -41,6 +43,7 @@ from helpers import SHARED_DIR, compose_train  # noqa: E402
 from report import machine_description, update_section  # noqa: E402
 
 from licexp.backbones.neighborhood_attention import (  # noqa: E402
+    BACKENDS,
     dense_neighborhood_attention,
     natten_operators,
     neighborhood_attention,
@@ -59,18 +62,27 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_codec(backbone: str, quant: str, device: torch.device):
-    cfg = compose_train([f"backbone={backbone}", f"quant={quant}"])
+def build_codec(backbone: str, quant: str, device: torch.device, attention: str = "auto"):
+    cfg = compose_train(
+        [f"backbone={backbone}", f"quant={quant}", f"backbone.attention={attention}"]
+    )
     quantizer = hydra.utils.instantiate(cfg.quant)
     return hydra.utils.instantiate(cfg.backbone, quantizer=quantizer).to(device), cfg.lmbda
 
 
 def step_times(
-    backbone: str, quant: str, size: int, batch: int, steps: int, warmup: int, device: torch.device
+    backbone: str,
+    quant: str,
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    attention: str = "auto",
 ) -> list[float]:
     """Seconds per training step (the work of ``CodecModule.training_step``, plain loop)."""
     torch.manual_seed(0)
-    codec, lmbda = build_codec(backbone, quant, device)
+    codec, lmbda = build_codec(backbone, quant, device, attention)
     codec.train()
     loss_fn = RateDistortionLoss(lmbda)
     main, aux = split_parameters(codec)
@@ -93,7 +105,9 @@ def step_times(
     return times[warmup:]
 
 
-def attention_call(dense: bool, side: int, device: torch.device) -> Callable[[], None]:
+def attention_call(
+    dense: bool, side: int, device: torch.device, backend: str = "auto"
+) -> Callable[[], None]:
     """One forward and backward pass of the attention on a ``side x side`` map."""
     generator = torch.Generator(device=device).manual_seed(0)
     shape = (1, HEADS, side, side, HEAD_DIM)
@@ -101,10 +115,14 @@ def attention_call(dense: bool, side: int, device: torch.device) -> Callable[[],
         torch.randn(shape, device=device, generator=generator).requires_grad_() for _ in range(3)
     )
     table = torch.zeros(HEADS, 2 * KERNEL - 1, 2 * KERNEL - 1, device=device, requires_grad=True)
-    attention = dense_neighborhood_attention if dense else neighborhood_attention
+
+    def attention(*tensors: torch.Tensor) -> torch.Tensor:
+        if dense:
+            return dense_neighborhood_attention(*tensors, KERNEL)
+        return neighborhood_attention(*tensors, KERNEL, backend=backend)
 
     def call() -> None:
-        attention(q, k, v, table, KERNEL).sum().backward()
+        attention(q, k, v, table).sum().backward()
         synchronize(device)
 
     return call
@@ -147,14 +165,16 @@ def attention_peak_bytes(dense: bool, side: int, device: torch.device) -> int:
     return queue.get()
 
 
-def attention_row(side: int, device: torch.device, dense_limit_gib: float, repeats: int) -> str:
+def attention_row(
+    side: int, device: torch.device, dense_limit_gib: float, repeats: int, backend: str = "auto"
+) -> str:
     dense_weights_gib = HEADS * side**4 * 4 / 2**30
     cells = []
     for dense in (False, True):
         if dense and dense_weights_gib > dense_limit_gib:
             cells += [f"skipped (weights alone {dense_weights_gib:.0f} GiB)", "-"]
             continue
-        call = attention_call(dense, side, device)
+        call = attention_call(dense, side, device, backend)
         call()  # warm-up
         times = []
         for _ in range(repeats):
@@ -182,11 +202,16 @@ def coding_image(quick: bool) -> tuple[str, torch.Tensor]:
 
 
 def coding_times(
-    quant: str, image: torch.Tensor, repeats: int, device: torch.device, backbone: str = "tiny_lic"
+    quant: str,
+    image: torch.Tensor,
+    repeats: int,
+    device: torch.device,
+    backbone: str = "tiny_lic",
+    attention: str = "auto",
 ) -> tuple[float, float, float]:
     """Median encoding and decoding seconds of ``backbone``, and the bpp."""
     torch.manual_seed(0)
-    codec, _ = build_codec(backbone, quant, device)
+    codec, _ = build_codec(backbone, quant, device, attention)
     codec.eval()
     codec.update(force=True)
     image = image.to(device)
@@ -204,6 +229,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quant", default="soft_ste")
+    parser.add_argument("--attention", default="auto", choices=BACKENDS)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
@@ -218,27 +244,39 @@ def main() -> None:
 
     step_rows = []
     for backbone in ("tiny_lic", "tiny_lic_small"):
-        times = step_times(backbone, args.quant, size, batch, steps, warmup, device)
+        times = step_times(backbone, args.quant, size, batch, steps, warmup, device, args.attention)
         median = statistics.median(times)
         step_rows.append(
             f"| `{backbone}` | {median:.3f} | {min(times):.3f} | {max(times):.3f} | "
             f"{batch / median:.2f} |"
         )
-    attention_rows = [attention_row(side, device, dense_limit_gib, repeats) for side in sides]
+    attention_rows = [
+        attention_row(side, device, dense_limit_gib, repeats, args.attention) for side in sides
+    ]
     name, image = coding_image(args.quick)
-    encoding, decoding, bpp = coding_times(args.quant, image, repeats, device)
+    encoding, decoding, bpp = coding_times(
+        args.quant, image, repeats, device, attention=args.attention
+    )
 
-    fast = "NATTEN" if device.type == "cuda" and natten_operators() else "tiled pure-PyTorch"
+    if args.attention == "flex":
+        fast = "FlexAttention"
+    elif device.type == "cuda" and args.attention == "auto" and natten_operators():
+        fast = "NATTEN"
+    else:
+        fast = "tiled pure-PyTorch"
     hardware = machine_description()
     if device.type == "cuda":
         hardware = f"{torch.cuda.get_device_name(device)}, {hardware}"
     command = (
         f".venv/bin/python benchmarks/tiny_lic.py --device {args.device} --quant {args.quant} "
-        f"--steps {args.steps} --warmup {args.warmup} --repeats {args.repeats}"
+        f"--attention {args.attention} --steps {args.steps} --warmup {args.warmup} "
+        f"--repeats {args.repeats}"
     )
     newline = "\n"
     body = f"""
-## Tiny-LIC on {args.device.upper()}: training step, attention, real coding
+## Tiny-LIC on {args.device.upper()}: training step, attention, real coding{
+        "" if args.attention == "auto" else f" (`backbone.attention={args.attention}`)"
+    }
 
 Training step (forward, RD loss, backward, main and aux optimiser steps, clipping) with
 `quant={args.quant}`, {size}x{size} crops, batch {batch}; median of {steps} steps after
@@ -265,7 +303,8 @@ Machine: {hardware}. Command: `{command}`
 """
     print(body)
     if not args.quick:
-        update_section(f"tiny-lic-{args.device}", body)
+        suffix = "" if args.attention == "auto" else f"-{args.attention}"
+        update_section(f"tiny-lic-{args.device}{suffix}", body)
 
 
 if __name__ == "__main__":
