@@ -3,8 +3,8 @@
 CompressAI's ``GDN`` computes ``y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2)`` (the
 inverse multiplies) with three full-size temporaries. Without autograd, :class:`GDN`
 computes the normaliser and the product in place: the same operations on the same values,
-so the output is bit-identical (the hyperprior's bytes stay CompressAI's), and at Kodak
-size a quarter faster on CPU (BENCHMARKS.md, "Coding against CompressAI").
+so the output is bit-identical (the hyperprior's bytes stay CompressAI's) with less memory
+traffic.
 """
 
 from __future__ import annotations

@@ -54,18 +54,18 @@ class HyperpriorCodec(LearnedCodec):
     Subclasses define ``h_a``, ``h_s``, what ``h_a`` reads (:meth:`hyper_analysis_input`)
     and how ``h_s``'s output splits into entropy parameters (:meth:`entropy_parameters`).
 
-    ``channels_last_synthesis``: in eval mode ``g_s`` runs in the channels-last layout,
-    about twice as fast on CPU (BENCHMARKS.md, "Coding against CompressAI"). Its 1x1
-    convolutions (GDN) then sum in another order, so the reconstruction differs from
+    ``channels_last_synthesis``: in eval mode ``g_s`` runs in the channels-last layout
+    (decode at 0.56x CompressAI's time on CPU: BENCHMARKS.md, "Coding against CompressAI").
+    Its 1x1 convolutions (GDN) then sum in another order, so the reconstruction differs from
     CompressAI's (NCHW) by float rounding (about 1e-7); the bytes do not change (``g_s``
     sees only decoded latents) and the eval forward pass and ``decompress`` agree exactly.
     ``False`` reproduces CompressAI's reconstruction bit for bit.
 
-    ``channels_last_analysis`` (off by default): ``g_a`` likewise, about 1.5x faster on
-    CPU. Its sums round differently too, and ``y`` decides the symbols, so a latent within
-    float rounding of a rounding boundary codes another symbol than CompressAI's model
-    writes (measured: one symbol in one of the 24 Kodak images, BENCHMARKS.md). Decoding
-    is unaffected: the decoder never runs ``g_a``.
+    ``channels_last_analysis`` (off by default): ``g_a`` likewise (encode at 0.65x instead
+    of 0.90x CompressAI's time on CPU). Its sums round differently too, and ``y`` decides
+    the symbols, so a latent within float rounding of a rounding boundary codes another
+    symbol than CompressAI's model writes (1 of the 48 Kodak strings in BENCHMARKS.md).
+    Decoding is unaffected: the decoder never runs ``g_a``.
     """
 
     module_roles = {"synthesis": ("g_s",), "entropy_parameters": ("h_s",)}

@@ -170,6 +170,11 @@ pure-PyTorch attention otherwise; ``tiled`` always the latter (the reference of 
 tests, and the CPU path); ``flex`` :func:`flex_neighborhood_attention`."""
 
 
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+
+
 def neighborhood_attention(
     queries: Tensor,
     keys: Tensor,
@@ -184,8 +189,7 @@ def neighborhood_attention(
     ``bias_table`` is the ``(heads, 2k - 1, 2k - 1)`` relative position bias; queries are
     scaled by ``1 / sqrt(d)``; ``backend`` is one of :data:`BACKENDS`.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     height, width = queries.shape[2:4]
     if min(height, width) < kernel_size:
         raise ValueError(
@@ -342,8 +346,7 @@ class NeighborhoodAttention2d(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, kernel_size: int, backend: str = "auto") -> None:
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         if dim % num_heads:
             raise ValueError(f"{dim} channels do not split into {num_heads} heads")
         if kernel_size < 1 or kernel_size % 2 == 0:
