@@ -127,9 +127,7 @@ the same reconstruction bit for bit:
 |---|---|---|---|---|---|
 {table}
 
-The networks dominate on CPU (the tiled neighbourhood attention is most of both); the rANS
-coding of the nine stages is a few tens of milliseconds of it. The paper reports 0.17 s /
-0.12 s on an RTX 3090 Ti; GPU figures need a device machine.
+The paper reports 0.17 s / 0.12 s on an RTX 3090 Ti; GPU figures need a device machine.
 
 Machine: x86_64, {args.threads} threads, torch {torch.__version__}. Command:
 `.venv/bin/python benchmarks/tiny_lic_coding.py{before} --repeats {repeats}`
