@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -43,15 +45,39 @@ def test_the_first_non_finite_loss_stops_the_run_before_its_step(tmp_path) -> No
         enable_model_summary=False,
         limit_val_batches=0,
     )
-    with pytest.raises(
-        DivergenceError, match=rf"at step 3: non-finite loss.*ckpt_path={tmp_path / 'last.ckpt'}"
-    ) as error:
+    with pytest.raises(DivergenceError, match=r"at step 3: non-finite loss") as error:
         trainer.fit(module, DataLoader(PoisonedImages(10, poisoned=2), batch_size=1))
     assert "gradient norm" in str(error.value)  # a NaN loss has NaN gradients too
+    assert str(error.value).endswith(
+        f"; resume from the last good checkpoint with ckpt_path={tmp_path / 'last.ckpt'} "
+        "and a lower learning rate (model.optimizer.lr=0.0001 instead of 0.001)"
+    )
     assert trainer.global_step == 2, "the diverging step was not taken"
     assert all(torch.isfinite(p).all() for p in codec.parameters())
     last = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert last["global_step"] == 2
     assert all(
         torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )
+
+
+def test_a_divergence_before_any_checkpoint_says_to_start_again_with_a_lower_rate() -> None:
+    codec = MeanScaleHyperprior(N=16, M=24, quantizer=NoiseQuantization())
+    optimizer = partial(torch.optim.Adam, lr=2e-3)
+    module = CodecModule(codec, RateDistortionLoss(0.01), optimizer, torch.optim.Adam)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    with pytest.raises(DivergenceError) as error:
+        trainer.fit(module, DataLoader(PoisonedImages(2, poisoned=0), batch_size=1))
+    assert str(error.value) == (
+        "training diverged at step 1: non-finite loss, gradient norm. The step was not taken, "
+        "the weights are those of step 0; no checkpoint was written before it: start again "
+        "with a lower learning rate (model.optimizer.lr=0.0002 instead of 0.002)"
     )

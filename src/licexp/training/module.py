@@ -9,9 +9,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor, nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from licexp.backbones import CodecOutput, LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
@@ -76,6 +77,11 @@ class CodecModule(L.LightningModule):
     quantiles used by the real entropy coder; each validation first sets them to the
     learned density's own (:meth:`~licexp.backbones.LearnedCodec.fit_quantiles`).
 
+    ``scheduler`` (``conf/scheduler/``) is stepped after every main optimiser step, or, for
+    a ``ReduceLROnPlateau`` (e.g. :class:`~licexp.training.schedules.PlateauDecay`), after
+    every validation with the value of the metric it monitors (its ``monitor``, else
+    ``val/loss``).
+
     ``trainable`` (roles of ``codec.module_roles``, e.g. ``["synthesis"]``) trains only
     those modules: every other parameter is frozen and its module kept in eval mode
     (:func:`~licexp.training.freezing.freeze_all_but`). With the latent coders frozen the
@@ -128,8 +134,9 @@ class CodecModule(L.LightningModule):
         optimizers = [optimizer, self.aux_optimizer_factory(aux)] if aux else [optimizer]
         if self.scheduler_factory is None:
             return optimizers
-        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
-        return optimizers, [scheduler]
+        scheduler = self.scheduler_factory(optimizer)
+        interval = "epoch" if isinstance(scheduler, ReduceLROnPlateau) else "step"
+        return optimizers, [{"scheduler": scheduler, "interval": interval}]
 
     def _step_terms(self, x: Tensor) -> dict[str, Tensor]:
         output = self.codec(x)
@@ -200,7 +207,7 @@ class CodecModule(L.LightningModule):
             aux.optimizer.step()
 
         scheduler = self.lr_schedulers()
-        if scheduler is not None:
+        if scheduler is not None and not isinstance(scheduler, ReduceLROnPlateau):
             scheduler.step()
 
         terms["aux_loss"] = aux_loss.detach()
@@ -221,16 +228,24 @@ class CodecModule(L.LightningModule):
             return
         written = [getattr(c, "last_model_path", "") for c in self.trainer.checkpoint_callbacks]
         last = next((path for path in written if path), "")
-        resume = (
-            f"resume from the last good checkpoint with ckpt_path={last}"
+        lr = self.base_lr()
+        lower_lr = f"a lower learning rate (model.optimizer.lr={lr / 10:g} instead of {lr:g})"
+        advice = (
+            f"resume from the last good checkpoint with ckpt_path={last} and {lower_lr}"
             if last
-            else "no checkpoint was written before it"
+            else f"no checkpoint was written before it: start again with {lower_lr}"
         )
         raise DivergenceError(
             f"training diverged at step {self.global_step + 1}: non-finite {', '.join(bad)}. "
             f"The step was not taken, the weights are those of step {self.global_step}; "
-            f"{resume}, with a lower learning rate (model.optimizer.lr) for instance"
+            f"{advice}"
         )
+
+    def base_lr(self) -> float:
+        """The main optimiser's learning rate before any schedule (``model.optimizer.lr``)."""
+        optimizers = self.optimizers()
+        group = (optimizers[0] if isinstance(optimizers, list) else optimizers).param_groups[0]
+        return group.get("initial_lr", group["lr"])  # a scheduler keeps the base as initial_lr
 
     def mean_over_ranks(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
         """The terms averaged over the DDP ranks (the global batch) in one all-reduce."""
@@ -248,6 +263,28 @@ class CodecModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         terms = self._step_terms(batch["image"])
         self._log_terms("val", terms, batch["image"].size(0), on_step=False, on_epoch=True)
+
+    def on_validation_end(self) -> None:
+        """Steps a plateau schedule with the validation's value of the metric it monitors.
+
+        Here the epoch's metrics are final (averaged over the batches and the ranks, so every
+        rank takes the same step); a validation outside ``fit`` or the sanity check leaves
+        the schedule alone.
+        """
+        trainer = self.trainer
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        scheduler = self.lr_schedulers()
+        if not isinstance(scheduler, ReduceLROnPlateau):
+            return
+        monitor = getattr(scheduler, "monitor", "val/loss")
+        if monitor not in trainer.callback_metrics:
+            logged = sorted(name for name in trainer.callback_metrics if name.startswith("val/"))
+            raise ValueError(
+                f"model.scheduler.monitor={monitor} is not a logged validation metric; "
+                f"one of: {', '.join(logged)}"
+            )
+        scheduler.step(float(trainer.callback_metrics[monitor]))
 
     def _log_terms(
         self, stage: str, terms: dict[str, Tensor], batch_size: int, **kwargs: bool
