@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import hydra
 import lightning as L
 import pytest
 import torch
 from helpers import compose_train
+from omegaconf import open_dict
 
 from licexp.backbones import MeanScaleHyperprior, ScaleHyperprior
 from licexp.callbacks.gaps import GapMetrics, training_quantisation
 from licexp.quant import NoiseQuantization, StraightThroughQuantization
+from licexp.train import train
 from licexp.training import CodecModule, RateDistortionLoss
 
 
@@ -140,3 +143,41 @@ def test_training_gaps_are_logged_every_n_steps_at_their_own_step_only(
         assert values == pytest.approx(gaps.measured[step], rel=1e-6)
     if log_every_n_steps == 1:
         assert set(logged) <= loss_steps
+
+
+def test_gaps_of_a_bfloat16_step_output_are_measured_in_float32() -> None:
+    """Under autocast a training step's output is partly bfloat16 while the weights stay
+    float32: the measurement casts it back and runs without autocast, in float32."""
+    module = module_with(NoiseQuantization())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = module.codec(x)
+    assert output.latents["y_hat"].dtype == torch.bfloat16  # the case is a real mixed one
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        gaps = GapMetrics().measure(module, x, output)
+    for name, value in gaps.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value), name
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_a_mixed_precision_smoke_run_logs_finite_training_and_validation_gaps(
+    precision, tmp_path
+) -> None:
+    """``trainer.precision=bf16-mixed`` (``16-mixed`` is bfloat16 on a CPU) with the default
+    callbacks: the run finishes, its last checkpoint is written and every gap is finite."""
+    cfg = compose_train(
+        ["debug=smoke", f"trainer.precision={precision}", "evaluate=false"]
+        + [f"paths.output_dir={tmp_path}"]
+    )
+    with open_dict(cfg):
+        del cfg["hydra"]  # composed with Hydra's runtime set; the job itself never sees it
+    train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    with open(tmp_path / "csv" / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    for stage, steps in (("train", [0]), ("val", [1, 3])):  # measured at step 1, validated at 2, 4
+        for name in ("discrete", "entropy_w1", "rate_gap_bits", "lss"):
+            column = f"{stage}/gaps/{name}"
+            values = {int(r["step"]): float(r[column]) for r in rows if r[column]}
+            assert sorted(values) == steps, column
+            assert all(math.isfinite(v) for v in values.values()), column

@@ -77,6 +77,28 @@ def merge_over_ranks(trainer: L.Trainer, counts: Tensor, num_values: int) -> Ten
     return (total[:-1] / total[-1].clamp_min(1)).cpu()
 
 
+def in_dtype(x: Tensor, output: CodecOutput, dtype: torch.dtype) -> tuple[Tensor, CodecOutput]:
+    """The batch and every floating tensor of ``output`` cast to ``dtype``.
+
+    Under mixed precision a training step's output is partly half precision (autocast's
+    convolutions) while the weights stay float32: the measurement re-runs parts of the
+    codec on these tensors, so they must be in the weights' precision.
+    """
+
+    def cast(values: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {
+            name: value.to(dtype) if value.is_floating_point() else value
+            for name, value in values.items()
+        }
+
+    return x.to(dtype), CodecOutput(
+        output.x_hat.to(dtype),
+        cast(output.likelihoods),
+        cast(output.latents),
+        cast(output.features),
+    )
+
+
 @contextmanager
 def training_quantisation(codec: LearnedCodec) -> Iterator[None]:
     """Runs the latent coders with the training approximation while the rest stays as is.
@@ -153,7 +175,16 @@ class GapMetrics(L.Callback):
         self._resumed_generator = None
 
     def measure(self, module: CodecModule, x: Tensor, output: CodecOutput) -> dict[str, Tensor]:
-        """The gaps of one batch, given the codec's training-approximation output."""
+        """The gaps of one batch, given the codec's training-approximation output.
+
+        Measured in the weights' precision (float32 under every mixed precision), with
+        autocast off: the gaps of a bf16 run are comparable with those of a float32 run.
+        """
+        dtype = next(module.codec.parameters()).dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return self._measure(module, *in_dtype(x, output, dtype))
+
+    def _measure(self, module: CodecModule, x: Tensor, output: CodecOutput) -> dict[str, Tensor]:
         codec, latents = module.codec, output.latents
         means = latents.get("means")
         hard_latent = codec.hard_latent(latents)
@@ -202,8 +233,10 @@ class GapMetrics(L.Callback):
         # Lightning validates under inference mode, whose tensors cannot enter autograd; a
         # strategy may differentiate the rate in training (Soft-STE's FGSM), so the
         # measurement runs outside it, on a normal copy of the batch.
-        with torch.inference_mode(False):
-            x = batch["image"].clone()
+        image = batch["image"]
+        dtype = next(module.codec.parameters()).dtype
+        with torch.inference_mode(False), torch.autocast(image.device.type, enabled=False):
+            x = image.to(dtype, copy=True)
             with training_quantisation(module.codec):
                 output = module.codec(x)
             gaps = self.measure(module, x, output)
