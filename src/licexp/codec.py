@@ -12,12 +12,19 @@ time; it decodes the file once before keeping it, so a written file is known to 
 a file coded so decodes with the same overrides. ``info`` prints what a file says about
 itself: size and the model it needs. A damaged file, or one written by another model,
 fails with a message naming the problem, exit status 1, and leaves no output file.
+
+Paths are checked before the checkpoint is loaded: a missing input or a directory given as
+one, and an ``-o`` that cannot be written (its folder missing or not a folder, a directory
+in its place), fail at once in one line naming the path, exit status 1. A file is written
+under a temporary name and renamed into place, with the mode ``open(path, "w")`` gives it
+(``0o666`` less the umask for a new file, the old mode for a replaced one).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -25,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 from licexp.backbones import LearnedCodec
 from licexp.checkpoints import CheckpointError, codec_from_checkpoint
@@ -34,7 +41,44 @@ from licexp.evaluation.bitstream import BitstreamError, identity_of, unpack
 from licexp.evaluation.codec import code_image, decode_container
 from licexp.evaluation.evaluate import save_png
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+INPUT_KINDS = {"encode": "an image", "decode": "a bitstream", "info": "a bitstream"}
+
+
+class PathError(ValueError):
+    """An input or output path that cannot be used; the message names the path."""
+
+
+def check_input(path: Path, kind: str) -> None:
+    """Raises :class:`PathError` unless ``path`` names an existing file (``kind`` of file)."""
+    if path.is_dir():
+        raise PathError(f"{path}: is a directory, not {kind} file")
+    if not path.exists():
+        raise PathError(f"{path}: no such file")
+
+
+def check_output(path: Path) -> None:
+    """Raises :class:`PathError`, naming ``path`` and why, where it cannot be written."""
+    parent = path.parent
+    if path.is_dir():
+        problem = "it is a directory"
+    elif path.exists() and not path.is_file():
+        problem = "it exists and is not a regular file"
+    elif not parent.exists():
+        problem = f"directory {parent} does not exist"
+    elif not parent.is_dir():
+        problem = f"{parent} is not a directory"
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        problem = f"no permission to create files in {parent}"
+    else:
+        return
+    raise PathError(f"cannot write {path}: {problem}")
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """The input and output paths of a command, checked before any work."""
+    check_input(getattr(args, "image", None) or args.file, INPUT_KINDS[args.command])
+    if getattr(args, "output", None) is not None:
+        check_output(args.output)
 
 
 def load_codec(ckpt: Path, overrides: Sequence[str]) -> tuple[LearnedCodec, str]:
@@ -44,23 +88,44 @@ def load_codec(ckpt: Path, overrides: Sequence[str]) -> tuple[LearnedCodec, str]
         unknown = [item for item in overrides if not item.startswith("quant")]
         if unknown:
             raise ValueError(f"only quant=... overrides are understood, got {unknown}")
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        with initialize_config_module("licexp.conf", version_base="1.3"):
             quantizer = hydra.utils.instantiate(compose("eval", list(overrides)).quant)
     codec, config = codec_from_checkpoint(ckpt, quantizer)
     return codec, str(config.get("run_name", ckpt.stem))
 
 
+def umask() -> int:
+    """The process's umask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def mode_for(path: Path) -> int:
+    """The mode ``open(path, "w")`` leaves: the old file's, else ``0o666`` less the umask."""
+    if path.is_file():
+        return stat.S_IMODE(path.stat().st_mode)
+    return 0o666 & ~umask()
+
+
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` to a temporary file beside ``path``, renamed over it only on success."""
-    handle, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
-    )
-    os.close(handle)
+    """``write`` to a temporary file beside ``path``, renamed over it only on success.
+
+    The file gets the mode of :func:`mode_for` (``mkstemp`` alone would leave ``0o600``).
+    """
+    temporary = None
     try:
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix
+        )
+        os.close(handle)
         write(Path(temporary))
+        os.chmod(temporary, mode_for(path))
         os.replace(temporary, path)
+    except OSError as error:
+        raise PathError(f"cannot write {path}: {error.strerror or error}") from error
     finally:
-        if os.path.exists(temporary):
+        if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
 
 
@@ -133,7 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         command_line.error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
     try:
+        check_paths(args)
         args.run(args)
+    except PathError as error:
+        print(f"licexp-codec: error: {error}", file=sys.stderr)
+        return 1
     except (
         BitstreamError,
         CheckpointError,
