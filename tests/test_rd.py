@@ -175,21 +175,84 @@ def test_runs_on_other_images_say_so_and_compare_among_themselves(tmp_path) -> N
     assert "measured on Kodak, other images" in rd.figure_title(curves, anchors)
 
 
-def test_curve_json_files_join_as_curves_and_as_anchors(tmp_path) -> None:
-    make_sweep(tmp_path / "sweep", "noise")
-    assert run_rd(tmp_path / "sweep", "--no-default-anchors", "--out", tmp_path / "a")[0] == 0
-    written = tmp_path / "a" / "mean_scale-noise.json"
-    shifted = load_curve(written)
-    shifted.name, shifted.psnr = "shifted", [p + 0.5 for p in shifted.psnr]
-    save_curve(shifted, tmp_path / "shifted.json")
+def shifted_curve(root: Path, name: str = "shifted") -> Path:
+    """A sweep's curve (``make_sweep``), 0.5 dB better, as a CompressAI-schema ``<name>.json``."""
+    curve = RDCurve(name=name, bpp=list(BPP), psnr=[p + 0.5 for p in PSNR])
+    save_curve(curve, root / f"{name}.json")
+    return root / f"{name}.json"
+
+
+def test_positional_json_files_are_listed_drawn_and_compared_as_anchors(
+    tmp_path, monkeypatch
+) -> None:
+    sweep = make_sweep(tmp_path / "sweep", "noise")
+    shifted, other = shifted_curve(tmp_path), shifted_curve(tmp_path, "other")
+    drawn = {}
+
+    def plot(curves, path, title, anchors) -> None:
+        drawn.update(curves=[c.name for c in curves], anchors=[a.name for a in anchors])
+
+    monkeypatch.setattr(rd, "plot_rd", plot)
+    code, output = run_rd(
+        shifted, sweep, "--anchor", other, "--no-default-anchors", "--out", tmp_path / "b"
+    )
+    assert code == 0, output
+    assert f"anchor shifted (dashed) from {shifted}" in output
+    assert f"anchor other (dashed) from {other}" in output
+    assert drawn == {"curves": ["mean_scale-noise"], "anchors": ["shifted", "other"]}
+    assert "BD against mean_scale-noise" in output
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.json")) == ["mean_scale-noise.json"]
+    assert float(read_bd(tmp_path / "b")["shifted"]["bd_psnr_db"]) == pytest.approx(0.5)
 
     code, output = run_rd(
-        written, "--anchor", tmp_path / "shifted.json", "--no-default-anchors",
-        "--reference", "shifted", "--out", tmp_path / "b",
-    )  # fmt: skip
+        sweep, shifted, "--no-default-anchors", "--reference", "shifted", "--out", tmp_path / "c"
+    )
     assert code == 0, output
-    assert "0.0067" in output, "the lambdas come back from the curve file"
-    assert float(read_bd(tmp_path / "b")["mean_scale-noise"]["bd_psnr_db"]) == pytest.approx(-0.5)
+    assert float(read_bd(tmp_path / "c")["mean_scale-noise"]["bd_psnr_db"]) == pytest.approx(-0.5)
+
+
+@pytest.mark.skipif(not KODAK_ANCHORS.is_dir(), reason="Kodak anchors not present")
+def test_a_positional_json_file_leaves_kodak_runs_compared_with_mbt2018_mean(tmp_path) -> None:
+    for job, (lmbda, bpp, psnr) in enumerate(zip(LAMBDAS, BPP, PSNR, strict=True)):
+        make_run(tmp_path / "sweep" / str(job), lmbda, bpp, psnr, test_set="licexp.data.Kodak")
+    factorized = KODAK_ANCHORS / "compressai-bmshj2018-factorized_mse_cpu.json"
+    code, output = run_rd(tmp_path / "sweep", factorized, "--out", tmp_path / "rd")
+    assert code == 0, output
+    assert "BD against mbt2018-mean" in output
+    assert "anchor mbt2018-mean (dashed) from" in output
+    assert f"anchor bmshj2018-factorized (dashed) from {factorized}" in output
+    assert set(read_bd(tmp_path / "rd")) == {
+        "mean_scale-noise",
+        "bmshj2018-hyperprior",
+        "bmshj2018-factorized",
+    }
+
+
+def test_json_files_without_a_sweep_are_refused(tmp_path) -> None:
+    shifted = shifted_curve(tmp_path)
+    code, output = run_rd(shifted, "--no-default-anchors", "--reference", "shifted")
+    assert code == 2
+    assert "no sweep or run directory given" in output
+
+
+def test_a_second_run_says_it_replaces_the_results_and_rewrites_them(tmp_path) -> None:
+    sweep = make_sweep(tmp_path / "sweep", "noise")
+    make_sweep(tmp_path / "sweep", "ste", rate_scale=0.9)
+    out = tmp_path / "sweep" / "rd"
+    code, output = run_rd(tmp_path / "sweep", "--no-default-anchors")
+    assert code == 0, output
+    assert "replacing" not in output
+    for name in ("rd.png", "bd.csv", "mean_scale-noise.json"):
+        (out / name).write_text("stale")
+    make_run(sweep / "3", 0.0932, 1.2, 36.0)
+
+    code, output = run_rd(tmp_path / "sweep", "--no-default-anchors")
+    assert code == 0, output
+    assert output.count(f"replacing the results in {out}") == 1
+    assert output.index("replacing") < output.index("mean_scale-noise (evaluated on")
+    assert (out / "rd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(read_bd(out)) == {"mean_scale-ste"}
+    assert load_curve(out / "mean_scale-noise.json").bpp == pytest.approx([*BPP, 1.2])
 
 
 @pytest.mark.parametrize(

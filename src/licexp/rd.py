@@ -2,15 +2,18 @@
 
 Collects every finished training run under the given directories (a multirun folder, a single
 run, or ``logs/`` as a whole; see :mod:`licexp.evaluation.runs` for the grouping): one curve
-per backbone x quantiser (x any other override that differs between the runs). CompressAI-
-schema JSON files given as arguments join as curves of their own. For every curve it prints a
-table (lambda, bpp, PSNR, MS-SSIM, estimated bpp) and writes ``<out>/<curve>.json``; it draws
-``<out>/rd.png`` (PSNR-RGB and MS-SSIM in dB against bpp, anchors dashed) and prints BD-rate
-and BD-PSNR (:mod:`licexp.evaluation.bjontegaard`) of every curve against a reference curve,
-also written to ``<out>/bd.csv``.
+per backbone x quantiser (x any other override that differs between the runs). For every
+curve it prints a table (lambda, bpp, PSNR, MS-SSIM, estimated bpp) and writes
+``<out>/<curve>.json``; it draws ``<out>/rd.png`` (PSNR-RGB and MS-SSIM in dB against bpp,
+anchors dashed) and prints BD-rate and BD-PSNR (:mod:`licexp.evaluation.bjontegaard`) of
+every curve and anchor against a reference curve, also written to ``<out>/bd.csv``. Results
+already in ``<out>`` are replaced, with a line saying so.
 
 Anchors: CompressAI's pretrained ``mbt2018-mean`` and ``bmshj2018-hyperprior`` (MSE, Kodak)
-from ``../shared/data/anchors/kodak/`` when that folder exists, and any ``--anchor file.json``.
+from ``../shared/data/anchors/kodak/`` when that folder exists, and every CompressAI-schema
+JSON file given, whether as an argument beside the directories or with ``--anchor``; the
+files read as anchors are listed. Such a file is drawn dashed and is the reference only when
+named by ``--reference``.
 Reference (``--reference NAME``, any curve or anchor): by default ``mbt2018-mean``, the
 published model of licexp's mean-scale backbone, when every run was evaluated on Kodak like
 the anchors; otherwise the first sweep curve by name, so that runs evaluated on other images
@@ -61,7 +64,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="licexp-rd",
         description="RD curves, tables, CompressAI JSON and BD-rates of licexp sweeps.",
     )
-    parser.add_argument("paths", nargs="+", type=Path, help="sweep or run dirs, curve JSON files")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        help="sweep or run dirs; curve JSON files given here are anchors, as with --anchor",
+    )
     parser.add_argument(
         "--anchor", action="append", type=Path, default=[], help="an anchor curve JSON (repeat)"
     )
@@ -132,7 +140,9 @@ def choose_reference(
     """The curve or anchor called ``name``; by default as the module docstring says."""
     by_name = {curve.name: curve for curve in [*curves, *anchors]}
     if name is None:
-        kodak_anchor = next((a for a in anchors if a.name == "mbt2018-mean"), None)
+        kodak_anchor = next(
+            (a for a in anchors if a.name == "mbt2018-mean" and eval_set(a) == KODAK), None
+        )
         if kodak_anchor and all(eval_set(curve) == KODAK for curve in curves):
             return kodak_anchor
         return curves[0]
@@ -174,12 +184,19 @@ def slug(name: str) -> str:
     return re.sub(r"[^\w.=+-]+", "_", name).strip("_") or "curve"
 
 
-def collect_curves(paths: Sequence[Path], console: Console) -> list[RDCurve]:
-    """Sweep curves of the runs under the directories in ``paths``, then the JSON files."""
+def check_exist(paths: Sequence[Path]) -> None:
     missing = [str(path) for path in paths if not path.exists()]
     if missing:
         raise InputError(f"no such file or directory: {', '.join(missing)}")
-    dirs = [path for path in paths if path.is_dir()]
+
+
+def collect_curves(dirs: Sequence[Path], console: Console) -> list[RDCurve]:
+    """Sweep curves of the runs under ``dirs``."""
+    if not dirs:
+        raise InputError(
+            "no sweep or run directory given (curve JSON files are anchors, compared with "
+            "the runs of a directory)"
+        )
     runs, skipped = find_runs(dirs)
     for run in skipped:
         console.print(f"[yellow]skipped[/] {escape(f'{run.path}: {run.reason}')}")
@@ -188,7 +205,7 @@ def collect_curves(paths: Sequence[Path], console: Console) -> list[RDCurve]:
         for run in sweep.duplicates:
             note = f"in {sweep.curve.name}: {run.path} ignored, a newer run has its lambda"
             console.print(f"[yellow]duplicate lambda[/] {escape(note)}")
-    curves = [sweep.curve for sweep in sweeps] + load_curves([p for p in paths if p.is_file()])
+    curves = [sweep.curve for sweep in sweeps]
     if not curves:
         raise InputError(
             f"no finished runs under {', '.join(map(str, dirs))} (a run is a folder with "
@@ -198,11 +215,38 @@ def collect_curves(paths: Sequence[Path], console: Console) -> list[RDCurve]:
     return curves
 
 
-def collect_anchors(files: Sequence[Path], kodak_defaults: bool) -> list[RDCurve]:
-    anchors = []
+def anchor_files(files: Sequence[Path], kodak_defaults: bool) -> dict[Path, str | None]:
+    """Anchor files, each once, with the images they were measured on where known:
+    CompressAI's Kodak anchors (when wanted and present), then ``files``."""
+    sources: dict[Path, str | None] = {}
     if kodak_defaults and KODAK_ANCHOR_DIR.is_dir():
-        anchors = load_curves([KODAK_ANCHOR_DIR / name for name in DEFAULT_ANCHORS], KODAK)
-    return anchors + load_curves(files)
+        sources = {KODAK_ANCHOR_DIR / name: KODAK for name in DEFAULT_ANCHORS}
+    for path in files:
+        if path.resolve() not in {known.resolve() for known in sources}:
+            sources[path] = None
+    return sources
+
+
+def load_anchors(sources: dict[Path, str | None], console: Console | None = None) -> list[RDCurve]:
+    """The curves of :func:`anchor_files`, each file named on ``console`` as it is read."""
+    anchors = []
+    for path, images in sources.items():
+        (anchor,) = load_curves([path], images)
+        if console:
+            note = f"anchor {anchor.name} (dashed) from {shown_path(path)}"
+            console.print(escape(note))
+        anchors.append(anchor)
+    return anchors
+
+
+def collect_anchors(files: Sequence[Path], kodak_defaults: bool) -> list[RDCurve]:
+    return load_anchors(anchor_files(files, kodak_defaults))
+
+
+def holds_results(out: Path) -> bool:
+    """Whether ``out`` already holds what :func:`report` writes."""
+    names = ("rd.png", "bd.csv")
+    return out.is_dir() and (any((out / n).exists() for n in names) or any(out.glob("*.json")))
 
 
 def report(
@@ -236,14 +280,18 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     args = parse_args(argv)
     console = console or Console(width=None if Console().is_terminal else 160)
     try:
-        curves = collect_curves(args.paths, console)
-        anchors = collect_anchors(args.anchor, not args.no_default_anchors)
+        check_exist([*args.paths, *args.anchor])
+        dirs = [path for path in args.paths if path.is_dir()]
+        files = [*(path for path in args.paths if not path.is_dir()), *args.anchor]
+        anchors = load_anchors(anchor_files(files, not args.no_default_anchors), console)
+        curves = collect_curves(dirs, console)
         reference = choose_reference(args.reference, curves, anchors)
     except InputError as error:
         console.print(f"[red]error:[/] {escape(str(error))}")
         return error.code
-    first_dir = next((path for path in args.paths if path.is_dir()), None)
-    out = args.out or (first_dir / "rd" if first_dir else Path("rd"))
+    out = args.out or dirs[0] / "rd"
+    if holds_results(out):
+        console.print(f"replacing the results in {escape(str(out))}")
     report(curves, anchors, reference, args.method, out, console)
     return 0
 
