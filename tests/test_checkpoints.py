@@ -65,14 +65,26 @@ def test_a_checkpoint_codes_with_another_strategy_on_its_own_weights(tmp_path) -
     assert torch.allclose(levels, torch.round(levels), atol=1e-4)
 
 
-def test_resuming_from_a_checkpoint_of_another_backbone_names_both(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("key", "given", "stored_text", "given_text"),
+    [
+        ("backbone", {**CONFIG["backbone"], "M": 32}, "'M': 24", "'M': 32"),
+        ("quant", {"_target_": "licexp.quant.NoiseQuantization"}, "StraightThrough", "Noise"),
+        ("lmbda", 0.013, "0.0067", "0.013"),
+    ],
+)
+def test_resuming_with_another_backbone_quantiser_or_lambda_names_both_values(
+    tmp_path, key, given, stored_text, given_text
+) -> None:
+    stored = {**CONFIG, "lmbda": 0.0067}
     write_checkpoint(
-        tmp_path / "last.ckpt", MeanScaleHyperprior(16, 24, StraightThroughQuantization())
+        tmp_path / "last.ckpt", MeanScaleHyperprior(16, 24, StraightThroughQuantization()), stored
     )
-    check_resumable(tmp_path / "last.ckpt", CONFIG["backbone"])
-    other = {**CONFIG["backbone"], "M": 32}
-    with pytest.raises(CheckpointError, match=r"different backbone.*'M': 24.*'M': 32"):
-        check_resumable(tmp_path / "last.ckpt", other)
+    assert check_resumable(tmp_path / "last.ckpt", stored) == stored
+    changed = {**stored, key: given}
+    with pytest.raises(CheckpointError, match=rf"{key}=.*{stored_text}.*{key}=.*{given_text}"):
+        check_resumable(tmp_path / "last.ckpt", changed)
+    assert check_resumable(tmp_path / "last.ckpt", changed, allow_changes=True) == stored
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path) -> None:

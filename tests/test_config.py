@@ -11,7 +11,7 @@ import torch
 from helpers import compose_train, option_names
 from hydra.errors import ConfigCompositionException
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +23,7 @@ from omegaconf.errors import (
 from PIL import Image
 
 from licexp.backbones import JiangLIC, LearnedCodec, MeanScaleHyperprior, TinyLIC
-from licexp.callbacks import GapMetrics, LastCheckpoint
+from licexp.callbacks import GapMetrics, LastCheckpoint, ParameterSummary, StepProgressBar
 from licexp.config import instantiate_collection
 from licexp.data import (
     DeadLeavesDataset,
@@ -271,11 +271,12 @@ def test_callbacks_default_builds_checkpoints_progress_gaps_and_media(tmp_path) 
     assert [type(c) for c in built] == [
         ModelCheckpoint,
         LastCheckpoint,
-        RichProgressBar,
+        StepProgressBar,
+        ParameterSummary,
         GapMetrics,
         WandbMedia,
     ]
-    best, last, _, gaps, media = built
+    best, last, _, _, gaps, media = built
     assert (best.monitor, best.mode) == ("val/loss", "min")
     assert (best.save_top_k, best.save_last) == (1, False)
     assert best.dirpath == str(tmp_path / "checkpoints")
@@ -302,8 +303,8 @@ def check_smoke(cfg: DictConfig) -> None:
     assert (trainer.max_steps, trainer.val_check_interval, trainer.log_every_n_steps) == (4, 2, 1)
     assert trainer.num_sanity_val_steps == 0
     assert list(cfg.evaluation.anchors) == ["jpeg"]
-    assert cfg.callbacks.progress_bar is None
-    assert cfg.callbacks.gap_metrics is not None  # the other callbacks stay
+    assert cfg.callbacks.progress_bar is not None  # a smoke run shows its steps
+    assert cfg.callbacks.gap_metrics is not None
 
 
 PAN_CHOICES = ["mean_scale", "folder", "gpu"]
@@ -493,3 +494,24 @@ def test_the_backbone_sets_the_embedded_training_crop(overrides, size) -> None:
     assert cfg.data.train.size == size
     codec = hydra.utils.instantiate(cfg.backbone, quantizer=hydra.utils.instantiate(cfg.quant))
     assert size % codec.downsampling_factor == 0
+
+
+@pytest.mark.parametrize("data", sorted(TESTED_OPTIONS["data"]))
+def test_debug_smoke_builds_every_data_option_with_its_small_crops(data, tmp_path) -> None:
+    """``debug=smoke`` sets the shared ``train_crop_size`` and ``photo_names`` that every
+    data option reads, never a key of one dataset (``data.train.size`` is dead leaves')."""
+    overrides = ["debug=smoke", f"data={data}"]
+    if data == "folder":
+        images = tmp_path / "images"
+        images.mkdir()
+        for index in range(3):
+            Image.new("RGB", (96, 80), (index * 80, 50, 200)).save(images / f"{index}.png")
+        overrides.append(f"data.train.root={images}")
+    if data == "kodak" and not kodak_is_present():
+        pytest.skip("needs the 24 Kodak images (../shared/data/kodak)")
+    module = instantiated_data(overrides, tmp_path)
+    assert module.train_set[0]["image"].shape == (3, 64, 64)
+    assert module.val_set[0]["image"].shape == (3, 64, 64)
+    assert module.eval_dataset[0]["image"].shape == (3, 128, 128)
+    assert len(module.eval_dataset) == (24 if data == "kodak" else 2)  # the two smoke photos
+    assert (module.batch_size, module.num_workers) == (2, 0)

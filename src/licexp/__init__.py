@@ -7,3 +7,5 @@ import warnings
 warnings.filterwarnings(
     "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
 )
+# Lightning 2.6 calls a torch pytree API that torch deprecates, once per fit.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")

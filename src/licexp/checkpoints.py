@@ -138,11 +138,28 @@ def check_backbone(
         )
 
 
-def check_resumable(path: str | Path, backbone: Mapping[str, Any]) -> dict[str, Any]:
-    """The run config of ``path``; a clear error unless it is a checkpoint of ``backbone``."""
+RESUME_KEYS = ("backbone", "quant", "lmbda")
+"""What a resumed run must share with its checkpoint unless ``resume.allow_changes=true``."""
+
+
+def check_resumable(
+    path: str | Path, run_config: Mapping[str, Any], allow_changes: bool = False
+) -> dict[str, Any]:
+    """The run config of ``path``; a clear error unless it was trained with the same
+    backbone, quantiser and lambda as ``run_config`` (:data:`RESUME_KEYS`), naming the
+    stored and the given value. ``allow_changes`` accepts a changed quantiser or lambda;
+    a changed backbone only where the weights fit (Lightning checks that on loading)."""
     config = read_checkpoint(path)[CONFIG_KEY]
-    hint = " (resume with the run's own settings)"
-    check_backbone(config, backbone, f"ckpt_path={path}", hint)
+    if allow_changes:
+        return config
+    for key in RESUME_KEYS:
+        stored, given = config.get(key), run_config.get(key)
+        if stored != given:
+            raise CheckpointError(
+                f"ckpt_path={path} was trained with {key}={stored}, this run asks for "
+                f"{key}={given}: resume with the run's own settings, start a new run from its "
+                f"weights with init_from=..., or pass resume.allow_changes=true"
+            )
     return config
 
 

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from licexp.backbones import LearnedCodec
 from licexp.backbones.neighborhood_attention import NeighborhoodAttention2d
+from licexp.cli import hydra_command
 
 
 def parameter_count(module: nn.Module) -> int:
@@ -120,7 +121,7 @@ def complexity_row(cfg: DictConfig) -> dict[str, float | str]:
     return row
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="complexity")
+@hydra_command("complexity", "licexp-complexity")
 def main(cfg: DictConfig) -> None:
     name = HydraConfig.get().runtime.choices.get("backbone", "backbone")
     row = complexity_row(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,9 +84,15 @@ def trained_value(path: str | None, key: str) -> Any:
 
 
 def register_resolvers() -> None:
-    """Registers licexp's config resolvers: ``${licexp.sweep:}`` (:func:`sweep_name`),
-    ``${licexp.wandb_offline:<mode>}`` (:func:`wandb_offline`) and
-    ``${licexp.trained:<checkpoint>,<key>}`` (:func:`trained_value`)."""
+    """Registers licexp's config resolvers: ``${licexp.cwd:}`` (the folder the command was
+    started in), ``${licexp.sweep:}`` (:func:`sweep_name`), ``${licexp.wandb_offline:<mode>}``
+    (:func:`wandb_offline`) and ``${licexp.trained:<checkpoint>,<key>}`` (:func:`trained_value`).
+
+    ``${licexp.cwd:}`` stands where ``${hydra:runtime.cwd}`` cannot: Hydra resolves
+    ``hydra.sweep.dir`` before it sets its runtime config, so a multirun's folder cannot
+    depend on ``hydra:runtime``; the working folder is the same value, known at any time.
+    """
+    OmegaConf.register_new_resolver("licexp.cwd", os.getcwd, replace=True)
     OmegaConf.register_new_resolver("licexp.sweep", sweep_name, replace=True)
     OmegaConf.register_new_resolver("licexp.wandb_offline", wandb_offline, replace=True)
     OmegaConf.register_new_resolver("licexp.trained", trained_value, replace=True)

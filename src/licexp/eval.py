@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from licexp.checkpoints import codec_from_checkpoint, find_last_checkpoint
+from licexp.cli import hydra_command
 from licexp.data import ImageFolder
 from licexp.evaluation.evaluate import evaluate_codec
 
@@ -40,18 +41,23 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         dataset = hydra.utils.instantiate(cfg.data.test or cfg.data.val)
     source = getattr(dataset, "root", None) or type(dataset).__name__
     log.info("Evaluating %d images from %s", len(dataset), source)
-    return evaluate_codec(
+    output_dir = Path(cfg.paths.output_dir)
+    summary = evaluate_codec(
         codec,
         dataset,
-        Path(cfg.paths.output_dir),
+        output_dir,
         name=name,
         anchors=cfg.anchors,
         reconstructions=cfg.reconstructions,
         padding=cfg.padding,
     )
+    log.info(
+        "Done: results %s; per image %s", output_dir / "results.json", output_dir / "per_image.csv"
+    )
+    return summary
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="eval")
+@hydra_command("eval", "licexp-eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

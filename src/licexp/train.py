@@ -9,7 +9,6 @@ Under DDP (``trainer=ddp``, ``trainer=ddp_cpu``) every rank runs this script; gl
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from licexp.checkpoints import (
     init_weights,
     trained_config,
 )
+from licexp.cli import INTERRUPTED, TERMINATED, hydra_command
 from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
 from licexp.distributed import hydra_ddp_job
 from licexp.evaluation.evaluate import evaluate_codec
@@ -55,6 +55,16 @@ def allow_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def report_outputs(output_dir: Path, evaluated: bool) -> None:
+    """The closing line: where the run, its checkpoint and its results are."""
+    checkpoint = output_dir / "checkpoints" / "last.ckpt"
+    results = output_dir / "eval" / "results.json"
+    parts = [f"run directory {output_dir}", f"checkpoint {checkpoint}"]
+    if evaluated:
+        parts.append(f"results {results}")
+    log.info("Done: %s", "; ".join(parts))
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Runs one training job; returns the final metrics (a sweeper's objective among them)."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
@@ -67,7 +77,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Weights from a checkpoint load into modules shaped as they were trained (stage 1's
     # strategy attached); the run then trains and codes with cfg.quant.
     if cfg.ckpt_path is not None:  # fail now, with a clear message, not mid-restore
-        trained = check_resumable(cfg.ckpt_path, run_config["backbone"])
+        trained = check_resumable(cfg.ckpt_path, run_config, cfg.resume.allow_changes)
     elif cfg.init_from is not None:  # a foreign state dict has no config: this run's
         trained = trained_config(cfg.init_from) or run_config
     else:
@@ -93,7 +103,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             try:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
             except SIGTERMException as stop:  # a SystemExit with status 0: say it failed
-                raise SystemExit(128 + signal.SIGTERM) from stop
+                raise SystemExit(TERMINATED) from stop
+            except SystemExit as stop:  # Lightning ends a Ctrl-C'd fit with status 1
+                if trainer.interrupted:
+                    raise SystemExit(INTERRUPTED) from stop
+                raise
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
         if cfg.evaluate and trainer.is_global_zero:
@@ -107,13 +121,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
             log_evaluation(trainer, summary, output_dir / "eval", datamodule.eval_dataset)
             metrics.update({f"eval/{key}": value for key, value in summary.items()})
+        if trainer.is_global_zero:
+            report_outputs(output_dir, cfg.evaluate)
         exit_code = 0
     finally:
         finish_wandb(trainer.loggers, exit_code)
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+@hydra_command("train", "licexp-train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     return metrics.get("val/loss")

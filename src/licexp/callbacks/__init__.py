@@ -2,5 +2,6 @@
 
 from licexp.callbacks.gaps import GapMetrics
 from licexp.callbacks.last_checkpoint import LastCheckpoint
+from licexp.callbacks.progress import ParameterSummary, StepProgressBar
 
-__all__ = ["GapMetrics", "LastCheckpoint"]
+__all__ = ["GapMetrics", "LastCheckpoint", "ParameterSummary", "StepProgressBar"]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image
 from rich.console import Console
+from rich.progress import track
 from torch.utils.data import Dataset
 
 from licexp.backbones import LearnedCodec
@@ -55,17 +56,22 @@ def evaluate_images(
     reconstructions: int = 1,
     run: str = "",
     padding: str = "replicate",
+    console: Console | None = None,
 ) -> list[dict[str, Any]]:
     """Codes every image for real; writes bitstreams and reconstructions; returns the rows.
 
     The containers record ``run`` (the run name) with the model's fingerprint; ``padding``
     is how images are padded to the codec's multiple (``licexp.evaluation.bitstream.PADDINGS``).
+    A progress bar on ``console`` counts the images (shown on a terminal only).
     """
     codec.prepare_for_coding()
     identity = identity_of(codec, run)
     (out_dir / "bitstreams").mkdir(parents=True, exist_ok=True)
     rows = []
-    for index, (name, image) in enumerate(images):
+    progress = track(
+        images, description="Coding images", total=len(images), transient=True, console=console
+    )
+    for index, (name, image) in enumerate(progress):
         coding = code_image(codec, image, identity, padding)
         (out_dir / "bitstreams" / f"{name}.lic").write_bytes(coding.container)
         if index < reconstructions:
@@ -160,7 +166,9 @@ def evaluate_codec(
     out_dir = Path(out_dir)
     console = console or Console(width=None if Console().is_terminal else 160)
     images = [(item["name"], item["image"]) for item in (dataset[i] for i in range(len(dataset)))]
-    rows = evaluate_images(codec, images, out_dir, reconstructions, run=name, padding=padding)
+    rows = evaluate_images(
+        codec, images, out_dir, reconstructions, run=name, padding=padding, console=console
+    )
     mean = mean_row(rows)
     write_per_image_csv(rows, out_dir / "per_image.csv")
     model_curve = RDCurve(
@@ -179,6 +187,7 @@ def evaluate_codec(
 
     comparisons, anchor_curves = [], []
     for codec_name in anchors:
+        log.info("Measuring %s on the same %d images", codec_name, len(images))
         anchor = anchor_curve(images, codec_name)
         save_curve(anchor.curve, out_dir / f"anchor_{codec_name}.json")
         write_per_image_csv(anchor.rows, out_dir / f"anchor_{codec_name}_per_image.csv")
