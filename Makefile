@@ -6,7 +6,7 @@ UV := $(PYTHON) -m uv
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train eval test lint bench clean
+.PHONY: install train eval test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -25,10 +25,14 @@ eval: install  ## evaluate the last run on real bitstreams (ARGS="ckpt_path=... 
 # two processes at once (3m27s against 3m53s for the suite on 2 idle cores).
 TEST_ENV := OMP_NUM_THREADS=1
 
-# A bare `pytest` leaves out the tests marked slow (addopts in pyproject.toml); `make test`
-# runs them too: the DDP multirun and the Optuna sweep (about 30 s, two processes).
+# A bare `pytest` (make test-fast) leaves out the tests marked slow (addopts in
+# pyproject.toml); `make test` runs every test in two processes, the commands that share a
+# README run in one (--dist loadgroup, tests/test_readme_commands.py).
 test: install  ## the whole test suite, slow tests included (what CI runs)
-	$(TEST_ENV) $(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -q -m "slow or not slow" -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+test-fast: install  ## the fast tier: a bare pytest, to run after each edit
+	$(TEST_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks experiments

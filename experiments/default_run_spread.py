@@ -72,12 +72,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument(
-        "--out", type=Path, default=REPO_ROOT / "experiments/results/default_run_spread"
-    )
-    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "logs/default_run_spread")
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/default_run_spread"))
+    parser.add_argument("--runs", type=Path, default=Path("logs/default_run_spread"))
     parser.add_argument("--overrides", nargs="*", default=[], help="training overrides")
     args = parser.parse_args()
+    args.runs = args.runs.resolve()  # the training runs in the checkout, the runs stay here
     args.out.mkdir(parents=True, exist_ok=True)
     args.runs.mkdir(parents=True, exist_ok=True)
     grid = [(seed, threads) for threads in args.threads for seed in args.seeds]

@@ -91,12 +91,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", type=Path, nargs="+")
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "logs/stage2")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "experiments/results/stage2")
+    parser.add_argument("--runs", type=Path, default=Path("logs/stage2"))
+    parser.add_argument("--out", type=Path, default=Path("experiments/results/stage2"))
     parser.add_argument("--images", type=int, default=None, help="the first N test images")
     parser.add_argument("--overrides", nargs="*", default=[], help="stage-2 training overrides")
     args = parser.parse_args()
-    stage1 = sorted({p for d in args.dirs for p in d.glob("**/checkpoints/last.ckpt")})
+    args.runs = args.runs.resolve()  # the training runs in the checkout, the runs stay here
+    stage1 = sorted({p.resolve() for d in args.dirs for p in d.glob("**/checkpoints/last.ckpt")})
     label, images = test_images(args.images)
     args.out.mkdir(parents=True, exist_ok=True)
     points = []
