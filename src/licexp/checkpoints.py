@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,8 @@ from licexp.backbones import LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
 from licexp.importers import imported_state
 from licexp.quant import QuantizationStrategy
+
+log = logging.getLogger(__name__)
 
 CONFIG_KEY = "licexp_config"
 CODEC_PREFIX = "codec."
@@ -26,27 +31,61 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or was not written by licexp."""
 
 
-def load_file(path: str | Path) -> Any:
-    """``torch.load`` of a checkpoint onto the CPU, with clear errors."""
+class UntrustedCheckpointError(CheckpointError):
+    """A checkpoint that needs more than tensors and plain containers to load: a pickle
+    that may run code, refused unless the user trusts its source."""
+
+
+TRUST_OPTION = "trust_checkpoint=true"
+"""The opt-in that loads a checkpoint with full pickle (the training and evaluation
+commands' setting; ``licexp-codec`` spells it ``--trust-checkpoint``)."""
+
+_UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_file(path: str | Path, trust: bool = False, opt_in: str = TRUST_OPTION) -> Any:
+    """``torch.load`` of a checkpoint onto the CPU, with clear errors.
+
+    A file is read with ``weights_only=True``: tensors, numbers, strings and plain
+    containers, all that licexp, Lightning and the released state dicts store. A pickle
+    asking for any other type could run code while loading; it is refused with
+    :class:`UntrustedCheckpointError` naming the type, unless ``trust`` (``opt_in`` is the
+    option that sets it, named in the message), which loads it the old way with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if trust:
+        log.warning("Loading %s with full pickle (%s): it can run code", path, opt_in)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as error:
+        unsafe = _UNSAFE_GLOBAL.search(str(error))
+        if unsafe is None:
+            raise _unreadable(path, error) from error
+        raise UntrustedCheckpointError(
+            f"checkpoint {path} asks to load {unsafe[1]}, which is not a tensor or a plain "
+            f"container: loading it could run code. Refused; if you trust where the file "
+            f"came from, pass {opt_in}"
+        ) from None
     except Exception as error:  # torch raises several unrelated types for a damaged file
-        raise CheckpointError(
-            f"checkpoint {path} is not readable (truncated or corrupt?): "
-            f"{type(error).__name__}: {error}"
-        ) from error
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} is not readable (truncated or corrupt?): "
+        f"{type(error).__name__}: {error}"
+    )
 
 
 def is_licexp(checkpoint: Any) -> bool:
     return isinstance(checkpoint, dict) and CONFIG_KEY in checkpoint
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Loads a Lightning checkpoint written by licexp onto the CPU."""
-    return checked_licexp(load_file(path), path)
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """Loads a Lightning checkpoint written by licexp onto the CPU; ``trust``: :func:`load_file`."""
+    return checked_licexp(load_file(path, trust), path)
 
 
 def checked_licexp(checkpoint: Any, path: str | Path) -> dict[str, Any]:
@@ -71,6 +110,8 @@ def codec_from_checkpoint(
     path: str | Path,
     quantizer: QuantizationStrategy | None = None,
     backbone: Mapping[str, Any] | None = None,
+    trust: bool = False,
+    opt_in: str = TRUST_OPTION,
 ) -> tuple[LearnedCodec, dict[str, Any]]:
     """Rebuilds the backbone with its quantiser from a checkpoint; returns it and the config.
 
@@ -81,8 +122,9 @@ def codec_from_checkpoint(
     A state dict of the Tiny-LIC release or CompressAI's zoo (:mod:`licexp.importers`) has no
     config: ``backbone`` (a backbone config) says what it is, and it codes with ``quantizer``
     or, by default, ``ste`` (rounding around the mean, as both implementations decode).
+    ``trust`` and ``opt_in``: :func:`load_file`.
     """
-    loaded = load_file(path)
+    loaded = load_file(path, trust, opt_in)
     if not is_licexp(loaded):
         return _foreign_codec(loaded, Path(path), quantizer, backbone)
     checkpoint = checked_licexp(loaded, path)
@@ -143,13 +185,17 @@ RESUME_KEYS = ("backbone", "quant", "lmbda")
 
 
 def check_resumable(
-    path: str | Path, run_config: Mapping[str, Any], allow_changes: bool = False
+    path: str | Path,
+    run_config: Mapping[str, Any],
+    allow_changes: bool = False,
+    trust: bool = False,
 ) -> dict[str, Any]:
     """The run config of ``path``; a clear error unless it was trained with the same
     backbone, quantiser and lambda as ``run_config`` (:data:`RESUME_KEYS`), naming the
     stored and the given value. ``allow_changes`` accepts a changed quantiser or lambda;
-    a changed backbone only where the weights fit (Lightning checks that on loading)."""
-    config = read_checkpoint(path)[CONFIG_KEY]
+    a changed backbone only where the weights fit (Lightning checks that on loading).
+    ``trust``: :func:`load_file`."""
+    config = read_checkpoint(path, trust)[CONFIG_KEY]
     if allow_changes:
         return config
     for key in RESUME_KEYS:
@@ -188,23 +234,25 @@ def _foreign_codec(
     return codec, {"run_name": path.name, "backbone": dict(backbone), "quant": quant}
 
 
-def trained_config(path: str | Path) -> dict[str, Any] | None:
+def trained_config(path: str | Path, trust: bool = False) -> dict[str, Any] | None:
     """The run config of a licexp checkpoint; ``None`` for an importable foreign state dict."""
-    loaded = load_file(path)
+    loaded = load_file(path, trust)
     if is_licexp(loaded):
         return checked_licexp(loaded, path)[CONFIG_KEY]
     return None
 
 
-def init_weights(codec: LearnedCodec, path: str | Path, backbone: Mapping[str, Any]) -> None:
+def init_weights(
+    codec: LearnedCodec, path: str | Path, backbone: Mapping[str, Any], trust: bool = False
+) -> None:
     """Loads a checkpoint's codec weights into ``codec`` to start a new run.
 
     Only the weights: optimiser, scheduler and step count start afresh (``ckpt_path`` resumes
     all of them instead). The checkpoint's resolved backbone config must equal ``backbone``;
     a state dict of the Tiny-LIC release or CompressAI's zoo (:mod:`licexp.importers`) must
-    fit it.
+    fit it. ``trust``: :func:`load_file`.
     """
-    loaded = load_file(path)
+    loaded = load_file(path, trust)
     if not is_licexp(loaded):
         try:
             codec.load_state_dict(imported_state(loaded, codec, f"init_from={path}"))

@@ -81,8 +81,14 @@ def check_paths(args: argparse.Namespace) -> None:
         check_output(args.output)
 
 
-def load_codec(ckpt: Path, overrides: Sequence[str]) -> tuple[LearnedCodec, str]:
-    """The checkpoint's codec (with a strategy from ``quant=...`` overrides) and run name."""
+TRUST_FLAG = "--trust-checkpoint"
+
+
+def load_codec(
+    ckpt: Path, overrides: Sequence[str], trust: bool = False
+) -> tuple[LearnedCodec, str]:
+    """The checkpoint's codec (with a strategy from ``quant=...`` overrides) and run name;
+    ``trust`` (``--trust-checkpoint``) loads a checkpoint that needs full pickle."""
     quantizer = None
     if overrides:
         unknown = [item for item in overrides if not item.startswith("quant")]
@@ -90,7 +96,7 @@ def load_codec(ckpt: Path, overrides: Sequence[str]) -> tuple[LearnedCodec, str]
             raise ValueError(f"only quant=... overrides are understood, got {unknown}")
         with initialize_config_module("licexp.conf", version_base="1.3"):
             quantizer = hydra.utils.instantiate(compose("eval", list(overrides)).quant)
-    codec, config = codec_from_checkpoint(ckpt, quantizer)
+    codec, config = codec_from_checkpoint(ckpt, quantizer, trust=trust, opt_in=TRUST_FLAG)
     return codec, str(config.get("run_name", ckpt.stem))
 
 
@@ -131,7 +137,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 def encode(args: argparse.Namespace) -> None:
     image = load_rgb(args.image)
-    codec, run = load_codec(args.ckpt, args.overrides)
+    codec, run = load_codec(args.ckpt, args.overrides, args.trust_checkpoint)
     coding = code_image(codec, image, identity_of(codec, run))
     if coding.decode_error != 0:
         raise BitstreamError(
@@ -154,7 +160,7 @@ def decode(args: argparse.Namespace) -> None:
             f"decoding needs the model that wrote the file: {coded.identity.describe()}; "
             "pass --ckpt <that run's checkpoint>"
         )
-    codec, run = load_codec(args.ckpt, args.overrides)
+    codec, run = load_codec(args.ckpt, args.overrides, args.trust_checkpoint)
     start = time.perf_counter()
     image = decode_container(codec, container, identity_of(codec, run))
     elapsed = time.perf_counter() - start
@@ -186,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
     about.add_argument("file", type=Path)
     about.set_defaults(run=info)
     for command in (encoder, decoder):
+        command.add_argument(
+            TRUST_FLAG,
+            action="store_true",
+            help="load a checkpoint that needs full pickle (it can run code: trusted files only)",
+        )
         command.set_defaults(overrides=[])
         command.epilog = "Trailing quant=<strategy> and quant.<key>=<value> choose the strategy."
     return main

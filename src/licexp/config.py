@@ -70,14 +70,15 @@ def wandb_offline(mode: str) -> bool:
     return mode == "offline"
 
 
-def trained_value(path: str | None, key: str) -> Any:
+def trained_value(path: str | None, key: str, trust: bool = False) -> Any:
     """The value of the top-level ``key`` in the run config of the checkpoint at ``path``
-    (a stage-2 run's ``lmbda`` is its stage-1 checkpoint's)."""
+    (a stage-2 run's ``lmbda`` is its stage-1 checkpoint's); ``trust``: the run's
+    ``trust_checkpoint``."""
     from licexp.checkpoints import CONFIG_KEY, CheckpointError, read_checkpoint
 
     if path is None:
         raise ValueError(f"{key} comes from a checkpoint: pass init_from=<its last.ckpt>")
-    config = read_checkpoint(path)[CONFIG_KEY]
+    config = read_checkpoint(path, trust)[CONFIG_KEY]
     if key not in config:
         raise CheckpointError(f"checkpoint {path} records no {key!r} in its run config")
     return config[key]
@@ -86,7 +87,8 @@ def trained_value(path: str | None, key: str) -> Any:
 def register_resolvers() -> None:
     """Registers licexp's config resolvers: ``${licexp.cwd:}`` (the folder the command was
     started in), ``${licexp.sweep:}`` (:func:`sweep_name`), ``${licexp.wandb_offline:<mode>}``
-    (:func:`wandb_offline`) and ``${licexp.trained:<checkpoint>,<key>}`` (:func:`trained_value`).
+    (:func:`wandb_offline`) and ``${licexp.trained:<checkpoint>,<key>[,<trust>]}``
+    (:func:`trained_value`).
 
     ``${licexp.cwd:}`` stands where ``${hydra:runtime.cwd}`` cannot: Hydra resolves
     ``hydra.sweep.dir`` before it sets its runtime config, so a multirun's folder cannot

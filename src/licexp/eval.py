@@ -30,7 +30,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info("Evaluating %s", ckpt_path)
     swap = cfg.get("quant")
     quantizer = hydra.utils.instantiate(swap) if swap is not None else None
-    codec, run_config = codec_from_checkpoint(ckpt_path, quantizer, cfg.get("backbone"))
+    codec, run_config = codec_from_checkpoint(
+        ckpt_path, quantizer, cfg.get("backbone"), cfg.trust_checkpoint
+    )
     name = run_config.get("run_name", ckpt_path.stem)
     if swap is not None:
         name = f"{name}+{HydraConfig.get().runtime.choices.get('quant', 'quant')}"

@@ -77,16 +77,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # Weights from a checkpoint load into modules shaped as they were trained (stage 1's
     # strategy attached); the run then trains and codes with cfg.quant.
     if cfg.ckpt_path is not None:  # fail now, with a clear message, not mid-restore
-        trained = check_resumable(cfg.ckpt_path, run_config, cfg.resume.allow_changes)
+        trained = check_resumable(
+            cfg.ckpt_path, run_config, cfg.resume.allow_changes, cfg.trust_checkpoint
+        )
     elif cfg.init_from is not None:  # a foreign state dict has no config: this run's
-        trained = trained_config(cfg.init_from) or run_config
+        trained = trained_config(cfg.init_from, cfg.trust_checkpoint) or run_config
     else:
         trained = run_config
     attached = attached_quant(trained)
     codec = build_codec(run_config["backbone"], run_config["quant"], attached)
     run_config[ATTACHED_KEY] = attached
     if cfg.init_from is not None and cfg.ckpt_path is None:  # a resume restores its own
-        init_weights(codec, cfg.init_from, run_config["backbone"])
+        init_weights(codec, cfg.init_from, run_config["backbone"], cfg.trust_checkpoint)
         codec.fit_quantiles()  # the z coder's range and median, as inference would use
     module = hydra.utils.instantiate(cfg.model, codec=codec)
     module.run_config = run_config
@@ -101,7 +103,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record_run(trainer, module.run_config, output_dir)
         with hydra_ddp_job():
             try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+                trainer.fit(
+                    module,
+                    datamodule=datamodule,
+                    ckpt_path=cfg.ckpt_path,
+                    weights_only=not cfg.trust_checkpoint,
+                )
             except SIGTERMException as stop:  # a SystemExit with status 0: say it failed
                 raise SystemExit(TERMINATED) from stop
             except SystemExit as stop:  # Lightning ends a Ctrl-C'd fit with status 1
