@@ -130,3 +130,50 @@ def test_the_release_padding_centres_the_image_in_zeros_and_decodes_to_it() -> N
     assert torch.equal(decode_container(codec, coding.container), coding.x_hat)
     replicate = code_image(codec, x[0])
     assert not torch.equal(replicate.x_hat, coding.x_hat)  # another frame, another code
+
+
+def forged(coded: CodedImage, **changes) -> bytes:
+    """``coded`` repacked with other fields: every CRC recomputed, as anyone can."""
+    strings = changes.pop("strings", coded.bitstreams.strings)
+    latent_size = changes.pop("latent_size", coded.bitstreams.latent_size)
+    fields = {
+        "height": coded.height,
+        "width": coded.width,
+        "identity": coded.identity,
+        "symbol_checksum": coded.symbol_checksum,
+        **changes,
+    }
+    return pack(CodedImage(Bitstreams(strings, latent_size), **fields))
+
+
+def test_missing_and_unknown_latents_are_named(coded) -> None:
+    codec, container, _ = coded
+    original = unpack(container)
+    strings = original.bitstreams.strings
+    with pytest.raises(BitstreamError, match=r"lacks 'y' latents: .* exactly 'z', 'y'"):
+        decode_container(codec, forged(original, strings={"z": strings["z"]}))
+    extra = {**strings, "w": [b"\x00"]}
+    with pytest.raises(BitstreamError, match="has unknown 'w' latents"):
+        decode_container(codec, forged(original, strings=extra))
+    swapped = {"y": strings["z"], "x": strings["y"]}
+    with pytest.raises(BitstreamError, match="lacks 'z' and has unknown 'x' latents"):
+        decode_container(codec, forged(original, strings=swapped))
+
+
+def test_a_forged_symbol_checksum_names_both_possible_causes(coded) -> None:
+    codec, container, _ = coded
+    original = unpack(container)
+    with pytest.raises(BitstreamError, match="a corrupt file .* or a different decoder"):
+        decode_container(codec, forged(original, symbol_checksum=original.symbol_checksum ^ 1))
+
+
+def test_a_huge_consistent_header_is_refused_before_decoding(coded) -> None:
+    """The audit's crash: 65535 x 65535 pixels, the 1024 x 1024 hyper latent they imply,
+    CRCs recomputed. Refused by the pixel limit; with the limit lifted, by the symbols the
+    short string cannot hold, before rANS or any allocation of that size."""
+    codec, container, _ = coded
+    huge = forged(unpack(container), height=65535, width=65535, latent_size=(1024, 1024))
+    with pytest.raises(BitstreamError, match=r"65535x65535 image .* limit of 268435456"):
+        decode_container(codec, huge)
+    with pytest.raises(BitstreamError, match="hyper latent 'z' declares 16777216 symbols"):
+        decode_container(codec, huge, max_pixels=2**32)

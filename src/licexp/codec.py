@@ -37,7 +37,7 @@ from hydra import compose, initialize_config_module
 from licexp.backbones import LearnedCodec
 from licexp.checkpoints import CheckpointError, codec_from_checkpoint
 from licexp.data.images import ImageReadError, load_rgb
-from licexp.evaluation.bitstream import BitstreamError, identity_of, unpack
+from licexp.evaluation.bitstream import MAX_PIXELS, BitstreamError, identity_of, unpack
 from licexp.evaluation.codec import code_image, decode_container
 from licexp.evaluation.evaluate import save_png
 
@@ -154,7 +154,7 @@ def encode(args: argparse.Namespace) -> None:
 
 def decode(args: argparse.Namespace) -> None:
     container = args.file.read_bytes()
-    coded = unpack(container)
+    coded = unpack(container, args.max_pixels)
     if args.ckpt is None:
         raise BitstreamError(
             f"decoding needs the model that wrote the file: {coded.identity.describe()}; "
@@ -162,7 +162,7 @@ def decode(args: argparse.Namespace) -> None:
         )
     codec, run = load_codec(args.ckpt, args.overrides, args.trust_checkpoint)
     start = time.perf_counter()
-    image = decode_container(codec, container, identity_of(codec, run))
+    image = decode_container(codec, container, identity_of(codec, run), args.max_pixels)
     elapsed = time.perf_counter() - start
     write_atomically(args.output, lambda path: save_png(image, path))
     print(f"{args.output}: {coded.width}x{coded.height}, decoded in {elapsed:.3f} s")
@@ -187,6 +187,12 @@ def parser() -> argparse.ArgumentParser:
     decoder.add_argument("file", type=Path)
     decoder.add_argument("-o", "--output", type=Path, required=True)
     decoder.add_argument("--ckpt", type=Path, help="the checkpoint that wrote the file")
+    decoder.add_argument(
+        "--max-pixels",
+        type=int,
+        default=MAX_PIXELS,
+        help=f"refuse a file declaring a larger image (default {MAX_PIXELS})",
+    )
     decoder.set_defaults(run=decode)
     about = commands.add_parser("info", help="what a bitstream file says about itself")
     about.add_argument("file", type=Path)

@@ -87,6 +87,9 @@ class LearnedCodec(CompressionModel):
     hyper_latent_stride: int = 64
     """The hyper latent ``z`` is the (padded) image downsampled by this."""
 
+    latent_names: tuple[str, ...] = ("z", "y")
+    """The latents :meth:`compress` writes a string for, in decoding order."""
+
     module_roles: dict[str, tuple[str, ...]] = {}
     """Role -> module names, for training a part of the codec (``model.trainable``):
     ``synthesis`` (the decoder ``g_s``) and ``entropy_parameters`` (the hyper decoder and

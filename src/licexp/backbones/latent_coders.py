@@ -14,6 +14,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import Tensor, nn
 
+from licexp.backbones.rans_bounds import bounded_strings
 from licexp.backbones.staged_rans import StagedRansDecoder, StagedRansEncoder
 from licexp.quant import QuantizationStrategy
 from licexp.quant.symbols import (
@@ -209,7 +210,9 @@ class GaussianLatentCoder(nn.Module):
         self, strings: list[bytes], parameters: EntropyParameters, quantizer: QuantizationStrategy
     ) -> Tensor:
         """Decodes ``y_hat`` from its strings."""
-        decoder = StagedRansDecoder(self.tables_for(quantizer), strings)
+        decoder = StagedRansDecoder(
+            self.tables_for(quantizer), strings, symbols=parameters.scales[0].numel()
+        )
         return self.decode(decoder.read, parameters, quantizer)
 
 
@@ -237,6 +240,11 @@ class HyperLatentCoder(nn.Module):
     def median(self) -> Tensor:
         """Per-channel median of the learned density, shaped ``(1, C, 1, 1)``."""
         return self.entropy_bottleneck._get_medians().reshape(1, -1, 1, 1)
+
+    def tables(self) -> CdfTables:
+        """The factorised density's quantised CDFs (after ``update``)."""
+        bottleneck = self.entropy_bottleneck
+        return CdfTables(bottleneck._quantized_cdf, bottleneck._cdf_length, bottleneck._offset)
 
     def likelihood(self, coded: Tensor) -> Tensor:
         """Element-wise lower-bounded likelihood of ``coded`` under the factorised density."""
@@ -275,6 +283,9 @@ class HyperLatentCoder(nn.Module):
     def decompress(
         self, strings: list[bytes], size: tuple[int, int], quantizer: QuantizationStrategy
     ) -> Tensor:
-        """Decodes ``z_hat`` of spatial ``size`` from its strings."""
-        coded_hat = self.entropy_bottleneck.decompress(strings, size)
+        """Decodes ``z_hat`` of spatial ``size`` from its strings, each checked against the
+        symbols it declares and guarded (:mod:`licexp.backbones.rans_bounds`)."""
+        symbols = self.entropy_bottleneck.channels * size[0] * size[1]
+        bounded = bounded_strings("the hyper latent 'z'", strings, symbols, self.tables())
+        coded_hat = self.entropy_bottleneck.decompress(bounded, size)
         return quantizer.from_coded(coded_hat, inference=True)

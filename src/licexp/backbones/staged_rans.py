@@ -34,6 +34,7 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
+from licexp.backbones.rans_bounds import StreamError, bounded_strings
 from licexp.quant.symbols import CdfTables, SymbolEncoding
 
 
@@ -98,7 +99,11 @@ class StagedRansDecoder:
     a context model's stage) hands it every row rather than searching for the used ones.
     """
 
-    def __init__(self, tables: CdfTables, strings: list[bytes]) -> None:
+    def __init__(self, tables: CdfTables, strings: list[bytes], symbols: int) -> None:
+        """``symbols``: how many symbols each string holds (the latent's elements per image);
+        a string too short for them is refused, and no :meth:`read` goes beyond them, so the
+        decoder stays inside the guarded string (:mod:`licexp.backbones.rans_bounds`)."""
+        self.remaining = symbols
         lengths = tables.lengths.tolist()
         self.rows = [row[:length] for row, length in zip(tables.cdf.tolist(), lengths, strict=True)]
         self.lengths = lengths
@@ -106,7 +111,7 @@ class StagedRansDecoder:
         self.entries = sum(lengths)
         self.every_table = (self.rows, self.lengths, self.offsets)
         self.decoders = []
-        for string in strings:
+        for string in bounded_strings("the latent 'y'", strings, symbols, tables):
             decoder = RansDecoder()
             decoder.set_stream(string)
             self.decoders.append(decoder)
@@ -117,6 +122,12 @@ class StagedRansDecoder:
             raise ValueError(
                 f"{len(self.decoders)} streams, asked for indexes of shape {tuple(indexes.shape)}"
             )
+        if indexes.size(1) > self.remaining:
+            raise StreamError(
+                f"asked for {indexes.size(1)} more symbols of a stream declared to hold "
+                f"{self.remaining} more"
+            )
+        self.remaining -= indexes.size(1)
         indexes_cpu = indexes.cpu()
         if indexes_cpu.numel() and not 0 <= indexes_cpu.min() <= indexes_cpu.max() < len(self.rows):
             raise ValueError(

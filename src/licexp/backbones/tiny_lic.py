@@ -301,9 +301,14 @@ class TinyLIC(LearnedCodec):
         z_hat = self.hyper_latent.decompress(
             bitstreams.strings["z"], bitstreams.latent_size, self.quantizer
         )
-        decoder = StagedRansDecoder(self.latent.tables_for(self.quantizer), bitstreams.strings["y"])
+        hyper = self.h_s(z_hat)
+        decoder = StagedRansDecoder(
+            self.latent.tables_for(self.quantizer),
+            bitstreams.strings["y"],
+            symbols=self.M * hyper.shape[-2] * hyper.shape[-1],
+        )
 
         def code_stage(stage: Stage, parameters: EntropyParameters) -> Tensor:
             return self.latent.decode(decoder.read, parameters, self.quantizer)
 
-        return self.g_s(self.context_model.decode(self.h_s(z_hat), code_stage))
+        return self.g_s(self.context_model.decode(hyper, code_stage))

@@ -43,6 +43,9 @@ FINGERPRINT_BYTES = 8
 _PREAMBLE = struct.Struct("<4sBHI")
 _SIZES = struct.Struct("<HHHH")
 _MAX_SIDE = 65535
+MAX_PIXELS = 2**28
+"""Largest image a container may declare before it is decoded (``--max-pixels``): about
+16k x 16k, beyond what a decoder's activations fit in the memory of one machine."""
 PADDINGS = ("replicate", "centred_zeros")
 """How the image was padded to the codec's multiple: licexp's replicate padding at the bottom
 and right, or zeros around the centred image (the Tiny-LIC release's evaluation)."""
@@ -165,8 +168,12 @@ class _Reader:
             raise BitstreamError(f"malformed header: {what} is not UTF-8") from error
 
 
-def unpack(data: bytes) -> CodedImage:
-    """Parses and checks a container; raises :class:`BitstreamError` naming what is wrong."""
+def unpack(data: bytes, max_pixels: int = MAX_PIXELS) -> CodedImage:
+    """Parses and checks a container; raises :class:`BitstreamError` naming what is wrong.
+
+    An image of more than ``max_pixels`` pixels is refused before anything is decoded or
+    allocated for it.
+    """
     if len(data) < _PREAMBLE.size:
         raise BitstreamError(
             f"bitstream too short: {len(data)} bytes, the preamble needs {_PREAMBLE.size}"
@@ -189,6 +196,12 @@ def unpack(data: bytes) -> CodedImage:
         raise BitstreamError(
             f"malformed header: zero size in {(height, width, latent_h, latent_w)}"
         )
+    if height * width > max_pixels:
+        raise BitstreamError(
+            f"the header declares a {height}x{width} image ({height * width} pixels), more "
+            f"than the decoder's limit of {max_pixels} (raise it with --max-pixels if the "
+            "file is trusted)"
+        )
     fingerprint = reader.take(FINGERPRINT_BYTES)
     symbol_checksum, padding = reader.unpack("<IB")
     if padding >= len(PADDINGS):
@@ -203,6 +216,8 @@ def unpack(data: bytes) -> CodedImage:
     entries = []
     for _ in range(count):
         name = reader.text("latent name")
+        if any(name == seen for seen, _, _ in entries):
+            raise BitstreamError(f"malformed header: latent {name!r} appears twice")
         length, checksum = reader.unpack("<II")
         entries.append((name, length, checksum))
     if reader.position != header_length:

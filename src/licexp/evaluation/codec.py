@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from licexp.backbones import LearnedCodec
+from licexp.backbones.rans_bounds import StreamError
 from licexp.backbones.staged_rans import symbol_checksum
 from licexp.evaluation.bitstream import (
+    MAX_PIXELS,
     PADDINGS,
     BitstreamError,
     CodedImage,
@@ -171,6 +173,21 @@ def check_sizes(codec: LearnedCodec, coded: CodedImage) -> None:
         )
 
 
+def check_latents(codec: LearnedCodec, coded: CodedImage) -> None:
+    """The container must hold a string for exactly the latents the codec decodes."""
+    found, expected = set(coded.bitstreams.strings), set(codec.latent_names)
+    if found != expected:
+        problems = [
+            f"{what} {', '.join(repr(name) for name in sorted(names))}"
+            for what, names in (("lacks", expected - found), ("has unknown", found - expected))
+            if names
+        ]
+        raise BitstreamError(
+            f"the container {' and '.join(problems)} latents: {type(codec).__name__} decodes "
+            f"exactly {', '.join(repr(name) for name in codec.latent_names)}"
+        )
+
+
 def check_identity(found: ModelIdentity, expected: ModelIdentity) -> None:
     if found.fingerprint != expected.fingerprint:
         raise BitstreamError(
@@ -185,6 +202,7 @@ def _decode(
     """Decodes a checked container: the unclamped ``[1, 3, H, W]`` reconstruction and the
     decoded latent ``y_hat`` it was synthesised from (``g_s``'s input)."""
     check_identity(coded.identity, identity)
+    check_latents(codec, coded)
     check_sizes(codec, coded)
     non_finite: list[str] = []
     inputs: dict[str, Tensor] = {}
@@ -204,6 +222,8 @@ def _decode(
     try:
         with symbol_checksum() as checksum:
             decoded = crop(codec.decompress(coded.bitstreams), coded, codec.downsampling_factor)
+    except StreamError as error:
+        raise BitstreamError(str(error)) from error
     finally:
         for handle in handles:
             handle.remove()
@@ -213,9 +233,10 @@ def _decode(
     if checksum.value != coded.symbol_checksum:
         raise BitstreamError(
             "the decoded symbols differ from the encoder's (symbol checksum "
-            f"{checksum.value:08x}, the file says {coded.symbol_checksum:08x}): this decoder's "
-            "entropy parameters differ from the encoder's (another device or thread count can "
-            "do this), so the image would be wrong"
+            f"{checksum.value:08x}, the file says {coded.symbol_checksum:08x}): a corrupt file "
+            "(damaged or forged with consistent CRCs) or a different decoder (entropy "
+            "parameters that differ from the encoder's: another device or thread count can do "
+            "this); either way the image would be wrong"
         )
     return decoded, inputs["y"]
 
@@ -223,13 +244,18 @@ def _decode(
 @torch.inference_mode()
 @deterministic_kernels()
 def decode_container(
-    codec: LearnedCodec, container: bytes, identity: ModelIdentity | None = None
+    codec: LearnedCodec,
+    container: bytes,
+    identity: ModelIdentity | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Tensor:
     """Decodes a container written by :func:`code_image` to ``[3, H, W]`` in ``[0, 1]``.
 
-    Raises :class:`~licexp.evaluation.bitstream.BitstreamError` for a damaged container, one
-    written by another model (fingerprint), sizes that do not fit the backbone, symbols
-    that decode differently from the encoder's, or a non-finite decode.
+    Raises :class:`~licexp.evaluation.bitstream.BitstreamError` for a damaged container, an
+    image above ``max_pixels``, one written by another model (fingerprint), latents or
+    sizes that do not fit the backbone, strings too short for their symbols, symbols that
+    decode differently from the encoder's, or a non-finite decode.
     """
-    decoded, _ = _decode(codec, unpack(container), identity or identity_of(codec))
+    coded = unpack(container, max_pixels)
+    decoded, _ = _decode(codec, coded, identity or identity_of(codec))
     return decoded.clamp(0, 1)[0]

@@ -1,0 +1,158 @@
+"""The bounds that keep CompressAI's rANS decoder inside its string: the symbol capacity of
+a string, and the guard, checked against a word-counting model of CompressAI's decoder."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from compressai.ans import RansDecoder, RansEncoder
+from helpers import gaussian_table_model
+
+from licexp.backbones.rans_bounds import (
+    StreamError,
+    bounded_strings,
+    guarded,
+    max_symbols,
+    min_bits_per_symbol,
+)
+from licexp.backbones.staged_rans import StagedRansDecoder, StagedRansEncoder
+from licexp.quant.symbols import CdfTables, SymbolEncoding
+
+GAUSSIAN = gaussian_table_model().tables_for(gaussian_table_model().coding)
+# Every other symbol escapes (the last entry holds half the mass): the bypass path's worst.
+ESCAPING = CdfTables(
+    torch.tensor([[0, 1 << 15, 1 << 16], [0, 1, 1 << 16]], dtype=torch.int32),
+    torch.tensor([3, 3], dtype=torch.int32),
+    torch.tensor([0, -3], dtype=torch.int32),
+)
+L = 1 << 31
+MASK = (1 << 16) - 1
+
+
+def model_decode(data: bytes, indexes: list[int], tables: CdfTables) -> tuple[list[int], int]:
+    """CompressAI's ``decode_with_indexes`` (rans64: 32-bit words, 16-bit precision, 4-bit
+    bypass) step by step in Python: the symbols and the number of 32-bit words it reads.
+    Reading beyond ``data`` raises ``IndexError``."""
+    words = np.frombuffer(data + bytes(-len(data) % 4), dtype="<u4").tolist()
+    position = 0
+
+    def read() -> int:
+        nonlocal position
+        position += 1
+        return words[position - 1]
+
+    def get_bits() -> int:
+        nonlocal x
+        value, x = x & 15, x >> 4
+        if x < L:
+            x = (x << 32) | read()
+        return value
+
+    x = read()
+    x |= read() << 32
+    symbols = []
+    for index in indexes:
+        size, offset = int(tables.lengths[index]), int(tables.offsets[index])
+        cdf = tables.cdf[index, :size].tolist()
+        cumulative = x & MASK
+        s = max(j for j in range(size - 1) if cdf[j] <= cumulative)
+        x = (cdf[s + 1] - cdf[s]) * (x >> 16) + (x & MASK) - cdf[s]
+        if x < L:
+            x = (x << 32) | read()
+        value = s
+        if value == size - 2:
+            bits = get_bits()
+            count = bits
+            while bits == 15:
+                bits = get_bits()
+                count += bits
+            raw = 0
+            for j in range(count):
+                raw |= get_bits() << (4 * j)
+            value = -(raw >> 1) - 1 if raw & 1 else (raw >> 1) + size - 2
+        symbols.append(value + offset)
+    return symbols, position
+
+
+def compressai_decode(data: bytes, indexes: list[int], tables: CdfTables) -> list[int]:
+    return RansDecoder().decode_with_indexes(
+        data, indexes, tables.cdf.tolist(), tables.lengths.tolist(), tables.offsets.tolist()
+    )
+
+
+def test_the_word_counting_model_decodes_as_compressai_does() -> None:
+    """Honest streams with escapes, then arbitrary bytes (guarded): the same symbols."""
+    generator = random.Random(0)
+    for tables in (GAUSSIAN, ESCAPING):
+        indexes = [generator.randrange(len(tables.lengths)) for _ in range(400)]
+        values = [generator.randint(-6, 6) for _ in indexes]
+        string = RansEncoder().encode_with_indexes(
+            values, indexes, tables.cdf.tolist(), tables.lengths.tolist(), tables.offsets.tolist()
+        )
+        symbols, words = model_decode(string, indexes, tables)
+        assert symbols == values == compressai_decode(string, indexes, tables)
+        assert words == len(string) // 4  # an honest stream is read to its end, no further
+    for seed in range(20):
+        junk = random.Random(seed).randbytes(24)
+        indexes = [generator.randrange(2) for _ in range(60)]
+        padded = guarded(junk, len(indexes))
+        expected = compressai_decode(padded, indexes, ESCAPING)
+        # Beyond 8 bypass values CompressAI's int32 shifts differ; count those out.
+        symbols, _ = model_decode(padded, indexes, ESCAPING)
+        agree = [a == b for a, b in zip(symbols, expected, strict=True) if abs(a) < 1 << 28]
+        assert all(agree) and len(agree) > 30
+
+
+@pytest.mark.parametrize("pattern", [b"\xff", b"\x00", b"\xf0", b"\x0f\xff", None])
+@pytest.mark.parametrize("tables", [GAUSSIAN, ESCAPING], ids=["gaussian", "escaping"])
+def test_no_string_makes_the_decoder_read_past_its_guard(pattern, tables) -> None:
+    """Strings of 15s (the longest bypass runs), zeros and noise, asked for far more symbols
+    than they hold: the model's reads stay inside string + guard."""
+    for length in (0, 3, 64, 301):
+        string = random.Random(length).randbytes(length) if pattern is None else pattern * length
+        string = string[:length]
+        indexes = [i % len(tables.lengths) for i in range(500)]
+        padded = guarded(string, len(indexes))
+        _, words = model_decode(padded, indexes, tables)  # IndexError past the guard
+        assert 4 * words <= len(padded)
+        if length < 8:  # unguarded, the same request reads past the string
+            with pytest.raises(IndexError):
+                model_decode(string, indexes, tables)
+
+
+def test_a_real_stream_of_the_likeliest_symbols_fits_the_capacity_bound() -> None:
+    """The densest stream there is, the most probable entry over and over, holds no more
+    symbols than :func:`max_symbols` allows, and the bound is within 3x of it."""
+    frequencies = GAUSSIAN.cdf[:, 1:] - GAUSSIAN.cdf[:, :-1]
+    table = int(frequencies.max(dim=1).values.argmax())
+    entry = int(frequencies[table].argmax())
+    count = 1_000_000
+    string = RansEncoder().encode_with_indexes(
+        [entry + int(GAUSSIAN.offsets[table])] * count,
+        [table] * count,
+        GAUSSIAN.cdf.tolist(),
+        GAUSSIAN.lengths.tolist(),
+        GAUSSIAN.offsets.tolist(),
+    )
+    capacity = max_symbols(len(string), min_bits_per_symbol(GAUSSIAN))
+    assert count <= capacity < 3 * count
+
+
+def test_a_string_too_short_for_its_symbols_is_refused_and_reads_stay_within_the_count() -> None:
+    with pytest.raises(StreamError, match="declares 100000000 symbols, more than its 5 bytes"):
+        bounded_strings("the latent 'y'", [b"12345"], 10**8, GAUSSIAN)
+    stage = SymbolEncoding(
+        torch.zeros(1, 10, dtype=torch.int32),
+        torch.zeros(1, 10, dtype=torch.int32),
+        torch.empty(0),
+        torch.empty(0),
+    )
+    encoder = StagedRansEncoder(GAUSSIAN, batch_size=1)
+    encoder.write(stage)
+    decoder = StagedRansDecoder(GAUSSIAN, encoder.flush(), symbols=10)
+    assert torch.equal(decoder.read(stage.indexes[:, :6]), stage.symbols[:, :6])
+    with pytest.raises(StreamError, match="asked for 6 more symbols .* declared to hold 4 more"):
+        decoder.read(stage.indexes[:, :6])
