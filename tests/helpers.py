@@ -14,9 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from licexp.backbones import Bitstreams, CodecOutput, LearnedCodec
+from licexp.backbones import Bitstreams, CodecOutput, LearnedCodec, MeanScaleHyperprior
 from licexp.backbones.latent_coders import SymbolTableConditional
 from licexp.config import register_resolvers
+from licexp.quant import StraightThroughQuantization
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "conf"
@@ -36,6 +37,18 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
         cfg = compose(config_name, overrides=overrides or [], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     return cfg
+
+
+def informative_codec(seed: int = 0, quantizer=None) -> MeanScaleHyperprior:
+    """A small codec whose latents span many bins (g_a scaled up), ready to code; the same
+    weights in every process for the same ``seed``."""
+    torch.manual_seed(seed)
+    codec = MeanScaleHyperprior(N=16, M=24, quantizer=quantizer or StraightThroughQuantization())
+    with torch.no_grad():
+        codec.g_a[-1].weight.mul_(30)
+        codec.h_a[0].weight.div_(30)
+    codec.prepare_for_coding()
+    return codec
 
 
 def code_and_decode(

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import informative_codec
 
 from licexp.backbones import Bitstreams, MeanScaleHyperprior
 from licexp.data import PhotoSamples
 from licexp.evaluation.bitstream import BitstreamError, CodedImage, pack, unpack
 from licexp.evaluation.codec import code_image, decode_container
-from licexp.quant import NoiseQuantization, StraightThroughQuantization
-
-
-def informative_codec(seed: int = 0, quantizer=None) -> MeanScaleHyperprior:
-    """A small codec whose latents span many bins (g_a scaled up), ready to code."""
-    torch.manual_seed(seed)
-    codec = MeanScaleHyperprior(N=16, M=24, quantizer=quantizer or StraightThroughQuantization())
-    with torch.no_grad():
-        codec.g_a[-1].weight.mul_(30)
-        codec.h_a[0].weight.div_(30)
-    codec.prepare_for_coding()
-    return codec
+from licexp.quant import NoiseQuantization
 
 
 @pytest.fixture(scope="module")

@@ -196,11 +196,26 @@ def check_identity(found: ModelIdentity, expected: ModelIdentity) -> None:
         )
 
 
+def check_symbols(decoded: int, written: int) -> None:
+    """The checksum of the symbols decoded must be the one the encoder wrote."""
+    if decoded != written:
+        raise BitstreamError(
+            f"the decoded symbols differ from the encoder's (symbol checksum {decoded:08x}, "
+            f"the file says {written:08x}): a corrupt file (damaged or forged with consistent "
+            "CRCs) or a different decoder (entropy parameters that differ from the encoder's: "
+            "another device or thread count can do this); either way the image would be wrong"
+        )
+
+
 def _decode(
     codec: LearnedCodec, coded: CodedImage, identity: ModelIdentity
 ) -> tuple[Tensor, Tensor]:
     """Decodes a checked container: the unclamped ``[1, 3, H, W]`` reconstruction and the
-    decoded latent ``y_hat`` it was synthesised from (``g_s``'s input)."""
+    decoded latent ``y_hat`` it was synthesised from (``g_s``'s input).
+
+    The symbols are checked when ``g_s`` is about to run, after the last one is read: a
+    damaged or forged file stops before the synthesis, the decoder's largest allocation.
+    """
     check_identity(coded.identity, identity)
     check_latents(codec, coded)
     check_sizes(codec, coded)
@@ -212,6 +227,8 @@ def _decode(
             inputs[latent] = args[0]
             if not non_finite and not torch.isfinite(args[0]).all():
                 non_finite.append(latent)
+            if latent == "y":
+                check_symbols(checksum.value, coded.symbol_checksum)
 
         return hook
 
@@ -230,14 +247,6 @@ def _decode(
     if non_finite or not torch.isfinite(decoded).all():
         where = f"the decoded latent {non_finite[0]!r}" if non_finite else "the reconstruction"
         raise BitstreamError(f"{where} holds non-finite values (NaN or infinity)")
-    if checksum.value != coded.symbol_checksum:
-        raise BitstreamError(
-            "the decoded symbols differ from the encoder's (symbol checksum "
-            f"{checksum.value:08x}, the file says {coded.symbol_checksum:08x}): a corrupt file "
-            "(damaged or forged with consistent CRCs) or a different decoder (entropy "
-            "parameters that differ from the encoder's: another device or thread count can do "
-            "this); either way the image would be wrong"
-        )
     return decoded, inputs["y"]
 
 
