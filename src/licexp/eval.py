@@ -6,6 +6,8 @@ CompressAI-schema JSON, a per-image CSV, the bitstreams and reconstructions. Wit
 ``quant=<strategy>`` the trained weights are coded with another strategy at inference
 (``quant=tcq quant.rd_lambda=0.05``): the results are named ``<run>+<strategy>``. With
 ``images=<folder>`` the images of that folder are evaluated instead of ``data.test``.
+An image that cannot be read or coded is skipped with its error in ``per_image.csv`` and
+``results.json``; the command writes the other results, then exits with status 1.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from omegaconf import DictConfig
 from licexp.checkpoints import codec_from_checkpoint, find_last_checkpoint
 from licexp.cli import hydra_command
 from licexp.data import ImageFolder
-from licexp.evaluation.evaluate import evaluate_codec
+from licexp.evaluation.evaluate import EvaluationError, evaluate_codec
 
 log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Evaluates the configured checkpoint; returns the mean metrics.
+
+    Raises:
+        EvaluationError: an image was skipped (after every result is written).
+    """
     ckpt_path = Path(cfg.ckpt_path or find_last_checkpoint(cfg.paths.log_dir))
     log.info("Evaluating %s", ckpt_path)
     swap = cfg.get("quant")
@@ -56,6 +63,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info(
         "Done: results %s; per image %s", output_dir / "results.json", output_dir / "per_image.csv"
     )
+    skipped = int(summary["images_skipped"])
+    if skipped:
+        raise EvaluationError(
+            f"{skipped} of {len(dataset)} images could not be read or coded and were skipped "
+            f"(listed above, and in per_image.csv and results.json); the results cover the "
+            f"other {len(dataset) - skipped}"
+        )
     return summary
 
 

@@ -5,7 +5,8 @@ latent against the encoder's (the hard-quantised forward pass's), and measure bp
 bytes, PSNR-RGB and
 MS-SSIM. Results go to ``out_dir`` as CompressAI ``eval_model`` JSON, a per-image CSV, the
 bitstreams, reconstructions and an RD figure (``rd.png``); Pillow's JPEG, WebP and JPEG
-2000 are measured live on the same images and compared at equal rate.
+2000 are measured live on the same images and compared at equal rate. An image that cannot
+be read or coded is skipped: its row holds the error, the results cover the other images.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rich.progress import track
 from torch.utils.data import Dataset
 
 from licexp.backbones import LearnedCodec
+from licexp.data.images import ImageReadError
 from licexp.evaluation.anchors import anchor_curve
 from licexp.evaluation.bitstream import identity_of
 from licexp.evaluation.codec import code_image
@@ -41,6 +43,15 @@ log = logging.getLogger(__name__)
 
 CURVE_METRICS = ("bpp", "psnr", "ms_ssim", "encoding_time", "decoding_time")
 METRICS = ("bpp", "estimated_bpp", "psnr", "ms_ssim", "encoding_time", "decoding_time")
+
+
+class EvaluationError(ValueError):
+    """Images of an evaluation could not be read or coded; the message says how many."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line."""
+    return " ".join(str(error).split())
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -62,7 +73,10 @@ def evaluate_images(
 
     The containers record ``run`` (the run name) with the model's fingerprint; ``padding``
     is how images are padded to the codec's multiple (``licexp.evaluation.bitstream.PADDINGS``).
-    A progress bar on ``console`` counts the images (shown on a terminal only).
+    A progress bar on ``console`` counts the images (shown on a terminal only). An image
+    the codec cannot code (a ``ValueError`` from :func:`code_image`: a size the container
+    cannot hold, a :class:`~licexp.evaluation.bitstream.BitstreamError`) gets a row of its
+    name and the ``error`` instead of metrics.
     """
     codec.prepare_for_coding()
     identity = identity_of(codec, run)
@@ -72,7 +86,11 @@ def evaluate_images(
         images, description="Coding images", total=len(images), transient=True, console=console
     )
     for index, (name, image) in enumerate(progress):
-        coding = code_image(codec, image, identity, padding)
+        try:
+            coding = code_image(codec, image, identity, padding)
+        except ValueError as error:
+            rows.append({"name": name, "error": one_line(error)})
+            continue
         (out_dir / "bitstreams" / f"{name}.lic").write_bytes(coding.container)
         if index < reconstructions:
             save_png(coding.x_hat, out_dir / f"reconstruction_{name}.png")
@@ -107,17 +125,60 @@ def evaluate_images(
 
 
 def mean_row(rows: Sequence[dict[str, Any]], name: str = "mean") -> dict[str, Any]:
-    """Per-image metrics averaged (CompressAI's ``eval_model`` averages per image).
+    """Per-image metrics averaged (CompressAI's ``eval_model`` averages per image), and
+    ``bpp_pixel_weighted``: the bits of all images over their pixels (as the Kodak literature
+    reports rates).
 
-    A metric an image lacks (MS-SSIM of an image too small for it) is averaged over the
-    images that have it, and is ``None`` when none has.
+    Rows with an ``error`` are left out. A metric an image lacks (MS-SSIM of an image too
+    small for it) is averaged over the images that have it, and is ``None`` when none has.
+
+    Raises:
+        ValueError: no row without an error.
     """
+    coded = [row for row in rows if "error" not in row]
+    if not coded:
+        raise ValueError("no coded image to average")
     mean = {}
     for key in METRICS:
-        values = [row[key] for row in rows if row[key] is not None]
+        values = [row[key] for row in coded if row[key] is not None]
         mean[key] = statistics.fmean(values) if values else None
-    mean["decode_error"] = max(row["decode_error"] for row in rows)
+    mean["decode_error"] = max(row["decode_error"] for row in coded)
+    pixels = sum(row["height"] * row["width"] for row in coded)
+    mean["bpp_pixel_weighted"] = 8 * sum(row["bytes"] for row in coded) / pixels
     return {"name": name, **mean}
+
+
+def read_images(
+    dataset: Dataset,
+) -> tuple[list[tuple[str, torch.Tensor]], dict[int, dict[str, str]]]:
+    """The ``(name, image)`` pairs of ``dataset``'s readable images, and a row of name and
+    ``error`` for each image that raises :class:`~licexp.data.images.ImageReadError`, keyed
+    by its index; the name is its path under ``dataset.root`` without the extension, as
+    :class:`~licexp.data.ImageFolder` names images."""
+    root = getattr(dataset, "root", None)
+    images, unreadable = [], {}
+    for index in range(len(dataset)):
+        try:
+            item = dataset[index]
+        except ImageReadError as error:
+            path = error.path
+            if root is not None and path.is_relative_to(root):
+                path = path.relative_to(root)
+            unreadable[index] = {"name": path.with_suffix("").as_posix(), "error": one_line(error)}
+            continue
+        images.append((item["name"], item["image"]))
+    return images, unreadable
+
+
+def log_skipped(skipped: Sequence[dict[str, Any]], total: int) -> None:
+    """Warns of the images left out of an evaluation, one line each with its error."""
+    listed = "".join(f"\n  {row['name']}: {row['error']}" for row in skipped)
+    log.warning(
+        "%d of %d images skipped (not read or not coded; left out of every result):%s",
+        len(skipped),
+        total,
+        listed,
+    )
 
 
 COMPARISON_COLUMNS = (
@@ -162,39 +223,67 @@ def evaluate_codec(
     console: Console | None = None,
     padding: str = "replicate",
 ) -> dict[str, float]:
-    """Evaluates ``codec`` on every image of ``dataset``; returns the mean metrics."""
+    """Evaluates ``codec`` on every image of ``dataset``; returns the mean metrics.
+
+    An image that cannot be read or coded is skipped: ``per_image.csv`` gives it a row with
+    the ``error``, ``results.json`` lists it under ``skipped``, a warning names it at the
+    end, and ``images_skipped`` in the returned metrics counts it; the other results cover
+    the coded images only. ``results.json`` also holds ``bpp_pixel_weighted`` (see
+    :func:`mean_row`).
+
+    Raises:
+        EvaluationError: no image could be read and coded (``per_image.csv`` is written).
+    """
     out_dir = Path(out_dir)
     console = console or Console(width=None if Console().is_terminal else 160)
-    images = [(item["name"], item["image"]) for item in (dataset[i] for i in range(len(dataset)))]
-    rows = evaluate_images(
+    images, unreadable = read_images(dataset)
+    image_rows = evaluate_images(
         codec, images, out_dir, reconstructions, run=name, padding=padding, console=console
     )
-    mean = mean_row(rows)
-    write_per_image_csv(rows, out_dir / "per_image.csv")
+    coded_rows = iter(image_rows)
+    rows = [unreadable.get(index) or next(coded_rows) for index in range(len(dataset))]
+    coded = [row for row in rows if "error" not in row]
+    skipped = [row for row in rows if "error" in row]
+    columns = dict.fromkeys(key for row in [*coded, *skipped] for key in row)
+    write_per_image_csv(rows, out_dir / "per_image.csv", columns)
+    if not coded:
+        log_skipped(skipped, len(rows))
+        raise EvaluationError(
+            f"none of the {len(rows)} images could be read and coded (per_image.csv has the errors)"
+        )
+    coded_images = [
+        pair for pair, row in zip(images, image_rows, strict=True) if "error" not in row
+    ]
+    mean = mean_row(coded)
     model_curve = RDCurve(
         name=name,
-        description=f"licexp real-bitstream evaluation on {len(rows)} images",
+        description=f"licexp real-bitstream evaluation on {len(coded)} images",
         **{key: [mean[key]] for key in CURVE_METRICS if mean[key] is not None},
         extra={"estimated_bpp": [mean["estimated_bpp"]]},
+        metadata={
+            "bpp_pixel_weighted": mean["bpp_pixel_weighted"],
+            "skipped": skipped,  # rows of name and error
+        },
     )
     save_curve(model_curve, out_dir / "results.json")
+    pixel_weighted = {"name": "mean (pixel-weighted)", "bpp": mean["bpp_pixel_weighted"]}
     print_results_table(
-        [*rows, mean],
-        ["name", *METRICS, "decode_error", *(["note"] if any("note" in r for r in rows) else [])],
+        [*rows, mean, pixel_weighted],
+        ["name", *METRICS, "decode_error", *(key for key in ("note", "error") if key in columns)],
         f"{name}: real bitstreams",
         console=console,
     )
 
     comparisons, anchor_curves = [], []
     for codec_name in anchors:
-        log.info("Measuring %s on the same %d images", codec_name, len(images))
-        anchor = anchor_curve(images, codec_name)
+        log.info("Measuring %s on the same %d images", codec_name, len(coded_images))
+        anchor = anchor_curve(coded_images, codec_name)
         save_curve(anchor.curve, out_dir / f"anchor_{codec_name}.json")
         write_per_image_csv(anchor.rows, out_dir / f"anchor_{codec_name}_per_image.csv")
         comparisons.append(compare_with_anchor(mean, anchor.curve))
         anchor_curves.append(anchor.curve)
     plot_rd(
-        [model_curve, *anchor_curves], out_dir / "rd.png", f"{len(rows)} images, real bitstreams"
+        [model_curve, *anchor_curves], out_dir / "rd.png", f"{len(coded)} images, real bitstreams"
     )
     if comparisons:
         print_results_table(
@@ -204,9 +293,16 @@ def evaluate_codec(
             "blank: the model's point lies outside the anchor's range)",
             console=console,
         )
-    summary = {key: float(mean[key]) for key in (*METRICS, "decode_error") if mean[key] is not None}
+    summary = {
+        key: float(mean[key])
+        for key in (*METRICS, "decode_error", "bpp_pixel_weighted")
+        if mean[key] is not None
+    }
+    summary["images_skipped"] = float(len(skipped))
     for comparison in comparisons:
         gain = comparison["model_gain_db"]
         if gain is not None:
             summary[f"psnr_gain_vs_{comparison['anchor']}"] = float(gain)
+    if skipped:
+        log_skipped(skipped, len(rows))
     return summary

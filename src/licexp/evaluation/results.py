@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,14 +156,16 @@ def save_curve(curve: RDCurve, path: str | Path) -> None:
         handle.write("\n")
 
 
-def write_per_image_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> None:
-    """Write dict rows to CSV; the header is the union of keys in first-seen order.
+def write_per_image_csv(
+    rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Iterable[str] | None = None
+) -> None:
+    """Write dict rows to CSV; the header is ``columns``, by default the union of the rows'
+    keys in first-seen order.
 
     Keys a row lacks are left empty. Parent directories are created.
     """
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
+    if columns is None:
+        columns = dict.fromkeys(key for row in rows for key in row)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as handle:
