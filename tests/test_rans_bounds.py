@@ -3,6 +3,7 @@ a string, and the guard, checked against a word-counting model of CompressAI's d
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -14,6 +15,7 @@ from helpers import gaussian_table_model
 from licexp.backbones.rans_bounds import (
     StreamError,
     bounded_strings,
+    escape_budget,
     guarded,
     max_symbols,
     min_bits_per_symbol,
@@ -32,10 +34,18 @@ L = 1 << 31
 MASK = (1 << 16) - 1
 
 
-def model_decode(data: bytes, indexes: list[int], tables: CdfTables) -> tuple[list[int], int]:
+def model_decode(
+    data: bytes,
+    indexes: list[int],
+    tables: CdfTables,
+    escape_budget: float = math.inf,
+    check_every: int = 1,
+) -> tuple[list[int], int]:
     """CompressAI's ``decode_with_indexes`` (rans64: 32-bit words, 16-bit precision, 4-bit
     bypass) step by step in Python: the symbols and the number of 32-bit words it reads.
-    Reading beyond ``data`` raises ``IndexError``."""
+    Like :class:`StagedRansDecoder`, it stops once more than ``escape_budget`` symbols have
+    escaped, counting every ``check_every`` symbols. Reading beyond ``data`` raises
+    ``IndexError``."""
     words = np.frombuffer(data + bytes(-len(data) % 4), dtype="<u4").tolist()
     position = 0
 
@@ -53,8 +63,11 @@ def model_decode(data: bytes, indexes: list[int], tables: CdfTables) -> tuple[li
 
     x = read()
     x |= read() << 32
-    symbols = []
+    symbols: list[int] = []
+    escapes = 0
     for index in indexes:
+        if len(symbols) % check_every == 0 and escapes > escape_budget:
+            break
         size, offset = int(tables.lengths[index]), int(tables.offsets[index])
         cdf = tables.cdf[index, :size].tolist()
         cumulative = x & MASK
@@ -64,6 +77,7 @@ def model_decode(data: bytes, indexes: list[int], tables: CdfTables) -> tuple[li
             x = (x << 32) | read()
         value = s
         if value == size - 2:
+            escapes += 1
             bits = get_bits()
             count = bits
             while bits == 15:
@@ -98,7 +112,7 @@ def test_the_word_counting_model_decodes_as_compressai_does() -> None:
     for seed in range(20):
         junk = random.Random(seed).randbytes(24)
         indexes = [generator.randrange(2) for _ in range(60)]
-        padded = guarded(junk, len(indexes))
+        padded = guarded(junk, len(indexes), len(indexes))
         expected = compressai_decode(padded, indexes, ESCAPING)
         # Beyond 8 bypass values CompressAI's int32 shifts differ; count those out.
         symbols, _ = model_decode(padded, indexes, ESCAPING)
@@ -110,13 +124,19 @@ def test_the_word_counting_model_decodes_as_compressai_does() -> None:
 @pytest.mark.parametrize("tables", [GAUSSIAN, ESCAPING], ids=["gaussian", "escaping"])
 def test_no_string_makes_the_decoder_read_past_its_guard(pattern, tables) -> None:
     """Strings of 15s (the longest bypass runs), zeros and noise, asked for far more symbols
-    than they hold: the model's reads stay inside string + guard."""
+    than they hold: the model's reads stay inside string + guard, with a guard for every
+    symbol escaping, and with one for the string's escape budget when escapes are counted
+    (every 16 symbols here, as the staged decoder counts every ESCAPE_CHECK_INTERVAL)."""
     for length in (0, 3, 64, 301):
         string = random.Random(length).randbytes(length) if pattern is None else pattern * length
         string = string[:length]
         indexes = [i % len(tables.lengths) for i in range(500)]
-        padded = guarded(string, len(indexes))
+        padded = guarded(string, len(indexes), len(indexes))
         _, words = model_decode(padded, indexes, tables)  # IndexError past the guard
+        assert 4 * words <= len(padded)
+        budget = escape_budget(length, tables)
+        padded = guarded(string, len(indexes), min(len(indexes), budget + 16))
+        _, words = model_decode(padded, indexes, tables, budget, check_every=16)
         assert 4 * words <= len(padded)
         if length < 8:  # unguarded, the same request reads past the string
             with pytest.raises(IndexError):
@@ -143,7 +163,7 @@ def test_a_real_stream_of_the_likeliest_symbols_fits_the_capacity_bound() -> Non
 
 def test_a_string_too_short_for_its_symbols_is_refused_and_reads_stay_within_the_count() -> None:
     with pytest.raises(StreamError, match="declares 100000000 symbols, more than its 5 bytes"):
-        bounded_strings("the latent 'y'", [b"12345"], 10**8, GAUSSIAN)
+        bounded_strings("the latent 'y'", [b"12345"], 10**8, GAUSSIAN, counts_escapes=True)
     stage = SymbolEncoding(
         torch.zeros(1, 10, dtype=torch.int32),
         torch.zeros(1, 10, dtype=torch.int32),
@@ -156,3 +176,17 @@ def test_a_string_too_short_for_its_symbols_is_refused_and_reads_stay_within_the
     assert torch.equal(decoder.read(stage.indexes[:, :6]), stage.symbols[:, :6])
     with pytest.raises(StreamError, match="asked for 6 more symbols .* declared to hold 4 more"):
         decoder.read(stage.indexes[:, :6])
+
+
+def test_a_string_that_escapes_more_than_its_bytes_can_hold_is_stopped() -> None:
+    """100 bytes of noise read as 20000 symbols of a table whose escape has 536/65536 of
+    the mass: about 130 escapes by the first check, where 100 bytes hold at most 73."""
+    tables = CdfTables(
+        torch.tensor([[0, 65000, 1 << 16]], dtype=torch.int32),
+        torch.tensor([3], dtype=torch.int32),
+        torch.tensor([0], dtype=torch.int32),
+    )
+    assert escape_budget(100, tables) == 73
+    decoder = StagedRansDecoder(tables, [random.Random(1).randbytes(100)], symbols=20000)
+    with pytest.raises(StreamError, match="more escaped symbols than its string's bytes"):
+        decoder.read(torch.zeros(1, 20000, dtype=torch.int32))

@@ -286,6 +286,8 @@ class HyperLatentCoder(nn.Module):
         """Decodes ``z_hat`` of spatial ``size`` from its strings, each checked against the
         symbols it declares and guarded (:mod:`licexp.backbones.rans_bounds`)."""
         symbols = self.entropy_bottleneck.channels * size[0] * size[1]
-        bounded = bounded_strings("the hyper latent 'z'", strings, symbols, self.tables())
+        bounded = bounded_strings(
+            "the hyper latent 'z'", strings, symbols, self.tables(), counts_escapes=False
+        )
         coded_hat = self.entropy_bottleneck.decompress(bounded, size)
         return quantizer.from_coded(coded_hat, inference=True)

@@ -34,7 +34,12 @@ import torch
 from compressai.ans import BufferedRansEncoder, RansDecoder
 from torch import Tensor
 
-from licexp.backbones.rans_bounds import StreamError, bounded_strings
+from licexp.backbones.rans_bounds import (
+    ESCAPE_CHECK_INTERVAL,
+    StreamError,
+    bounded_strings,
+    escape_budget,
+)
 from licexp.quant.symbols import CdfTables, SymbolEncoding
 
 
@@ -100,9 +105,13 @@ class StagedRansDecoder:
     """
 
     def __init__(self, tables: CdfTables, strings: list[bytes], symbols: int) -> None:
-        """``symbols``: how many symbols each string holds (the latent's elements per image);
-        a string too short for them is refused, and no :meth:`read` goes beyond them, so the
-        decoder stays inside the guarded string (:mod:`licexp.backbones.rans_bounds`)."""
+        """``symbols``: how many symbols each string holds (the latent's elements per image).
+
+        A string too short for them is refused, no :meth:`read` goes beyond them, and the
+        escaped symbols are counted against the string's budget every
+        :data:`~licexp.backbones.rans_bounds.ESCAPE_CHECK_INTERVAL` symbols, so the decoder
+        stays inside the guarded string (:mod:`licexp.backbones.rans_bounds`).
+        """
         self.remaining = symbols
         lengths = tables.lengths.tolist()
         self.rows = [row[:length] for row, length in zip(tables.cdf.tolist(), lengths, strict=True)]
@@ -110,8 +119,14 @@ class StagedRansDecoder:
         self.offsets = tables.offsets.tolist()
         self.entries = sum(lengths)
         self.every_table = (self.rows, self.lengths, self.offsets)
+        # A decoded value outside [offset, offset + length - 2) was escaped.
+        self.lowest = tables.offsets.to(torch.int64)
+        self.highest = self.lowest + tables.lengths.to(torch.int64) - 3
+        self.escapes_left = [escape_budget(len(string), tables) for string in strings]
         self.decoders = []
-        for string in bounded_strings("the latent 'y'", strings, symbols, tables):
+        for string in bounded_strings(
+            "the latent 'y'", strings, symbols, tables, counts_escapes=True
+        ):
             decoder = RansDecoder()
             decoder.set_stream(string)
             self.decoders.append(decoder)
@@ -134,22 +149,41 @@ class StagedRansDecoder:
                 f"CDF table indexes {int(indexes_cpu.min())}..{int(indexes_cpu.max())} outside "
                 f"0..{len(self.rows)}"
             )
-        tables, local = self.every_table, indexes_cpu
-        if indexes_cpu.size(1) < self.entries:
-            used, local = torch.unique(indexes_cpu, return_inverse=True)
+        chunks = indexes_cpu.split(ESCAPE_CHECK_INTERVAL, dim=1)
+        decoded = torch.cat([self._read_counting_escapes(chunk) for chunk in chunks], 1)
+        checksum = _ACTIVE.get()
+        if checksum is not None:
+            for image_symbols, image_indexes in zip(decoded, indexes_cpu, strict=True):
+                checksum.update(image_symbols, image_indexes)
+        return decoded.to(indexes.device)
+
+    def _read_counting_escapes(self, indexes: Tensor) -> Tensor:
+        """At most :data:`ESCAPE_CHECK_INTERVAL` symbols per image; raises
+        :class:`StreamError` once a string has escaped more than its budget."""
+        tables, local = self.every_table, indexes
+        if indexes.size(1) < self.entries:
+            used, local = torch.unique(indexes, return_inverse=True)
             rows = used.tolist()
             tables = (
                 [self.rows[t] for t in rows],
                 [self.lengths[t] for t in rows],
                 [self.offsets[t] for t in rows],
             )
-        symbols = [
-            np.asarray(decoder.decode_stream(item.tolist(), *tables), dtype=np.int32)
-            for decoder, item in zip(self.decoders, local, strict=True)
-        ]
-        decoded = torch.from_numpy(np.stack(symbols)).reshape(indexes.shape)
-        checksum = _ACTIVE.get()
-        if checksum is not None:
-            for image_symbols, image_indexes in zip(decoded, indexes_cpu, strict=True):
-                checksum.update(image_symbols, image_indexes)
-        return decoded.to(indexes.device)
+        symbols = torch.from_numpy(
+            np.stack(
+                [
+                    np.asarray(decoder.decode_stream(item.tolist(), *tables), dtype=np.int32)
+                    for decoder, item in zip(self.decoders, local, strict=True)
+                ]
+            )
+        )
+        table = indexes.to(torch.int64)
+        escaped = (symbols < self.lowest[table]) | (symbols > self.highest[table])
+        for image, count in enumerate(escaped.sum(1).tolist()):
+            self.escapes_left[image] -= count
+            if self.escapes_left[image] < 0:
+                raise StreamError(
+                    "the latent 'y' holds more escaped symbols than its string's bytes can "
+                    "hold: the file is damaged or forged"
+                )
+        return symbols
