@@ -149,3 +149,18 @@ def test_a_damaged_file_decodes_to_no_output(tmp_path, capsys, coded) -> None:
     assert cli.main(["decode", str(damaged), "-o", str(output), "--ckpt", str(ckpt)]) == 1
     assert "truncated" in error_line(capsys)
     assert [p.name for p in tmp_path.iterdir()] == ["damaged.lic"]
+
+
+def test_max_pixels_refuses_a_larger_image_before_the_checkpoint_loads(
+    tmp_path, capsys, coded
+) -> None:
+    """The photo is 37 x 23 = 851 pixels: 850 refuses it, 851 decodes it."""
+    ckpt, _, bitstream = coded
+    output = tmp_path / "out.png"
+    refused = ["decode", str(bitstream), "-o", str(output), "--max-pixels", "850"]
+    assert cli.main([*refused, "--ckpt", str(tmp_path / "not-read.ckpt")]) == 1
+    assert "a 23x37 image (851 pixels), more than the decoder's limit of 850" in error_line(capsys)
+    assert not output.exists()
+    accepted = ["decode", str(bitstream), "-o", str(output), "--max-pixels", "851"]
+    assert cli.main([*accepted, "--ckpt", str(ckpt)]) == 0
+    assert Image.open(output).size == (37, 23)
