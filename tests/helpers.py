@@ -39,6 +39,17 @@ def compose_train(overrides: list[str] | None = None, config_name: str = "train"
     return cfg
 
 
+def run_main(main, argv: list[str], monkeypatch, cwd: Path) -> int:
+    """A console script's ``main`` run in-process as typed in ``cwd``: its exit status."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", argv)
+    try:
+        main()
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
 def informative_codec(seed: int = 0, quantizer=None) -> MeanScaleHyperprior:
     """A small codec whose latents span many bins (g_a scaled up), ready to code; the same
     weights in every process for the same ``seed``."""

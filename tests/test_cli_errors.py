@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_main
 
 from licexp import eval as licexp_eval
 from licexp import train as licexp_train
@@ -27,16 +25,6 @@ BAD_VALUES = [
     ("init_from=missing.ckpt", "missing.ckpt"),
     ("trainer.max_steps=0", "max_steps"),
 ]
-
-
-def run_main(main, argv: list[str], monkeypatch, cwd: Path) -> int:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", argv)
-    try:
-        main()
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
 
 
 @pytest.mark.parametrize(("overrides", "named"), BAD_VALUES)

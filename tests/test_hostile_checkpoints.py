@@ -3,11 +3,11 @@ one, naming the type they ask for, and loaded only with the explicit opt-in."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_main
 from PIL import Image
 
 from licexp import codec as codec_cli
@@ -66,16 +66,6 @@ def hostile(tmp_path) -> tuple[Path, Path, Path]:
     }
     torch.save({"state_dict": zoo_state, "extra": Payload(marker)}, foreign_file)
     return licexp_file, foreign_file, marker
-
-
-def run_main(main, argv: list[str], monkeypatch, cwd: Path) -> int:
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", argv)
-    try:
-        main()
-    except SystemExit as stop:
-        return int(stop.code or 0)
-    return 0
 
 
 def assert_refused(err: str, program: str, option: str) -> None:
