@@ -311,7 +311,8 @@ def test_codec_cli_encodes_a_photo_to_a_file_and_decodes_it_bit_exactly(
     coded, decoded = tmp_path / "gray.lic", tmp_path / "gray_decoded.png"
     encoded = run("licexp.codec", "encode", str(photo), "-o", str(coded), "--ckpt", str(ckpt))
     size = coded.stat().st_size
-    assert f"{size} bytes" in encoded.stdout and "bpp for 37x23" in encoded.stdout
+    assert f"{size} bytes" in encoded.stdout and "for 37x23" in encoded.stdout
+    assert f"{8 * size / (37 * 23):.4f} bpp in all" in encoded.stdout
     result = run("licexp.codec", "decode", str(coded), "-o", str(decoded), "--ckpt", str(ckpt))
     assert "decoded in" in result.stdout
     with Image.open(decoded) as image:

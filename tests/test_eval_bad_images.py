@@ -134,6 +134,7 @@ def test_pixel_weighted_bpp_is_all_bits_over_all_pixels_beside_the_per_image_mea
             "width": size,
             "bytes": length,
             "bpp": bpp,
+            "bpp_file": 8 * (length + 100) / size**2,
             "estimated_bpp": bpp,
             "psnr": 30.0,
             "ms_ssim": None,

@@ -76,18 +76,22 @@ def test_two_images_round_trip_bit_exactly(size, backbone, strategy) -> None:
     assert coding.decode_error == 0
     assert coding.x_hat.shape == image.shape
     assert torch.equal(decode_container(codec, coding.container), coding.x_hat)
-    assert coding.bpp == pytest.approx(8 * len(coding.container) / (size[0] * size[1]))
+    pixels = size[0] * size[1]
+    assert coding.bpp_file == pytest.approx(8 * len(coding.container) / pixels)
+    assert coding.bpp == pytest.approx(payload_bpp(coding.container, pixels))
 
 
 def test_actual_bpp_is_close_to_the_estimate_on_a_trained_model(toy_codec) -> None:
     image = smooth_image(256, 384, seed=3)
     coding = code_image(toy_codec, image)
     assert coding.decode_error == 0
-    # rANS with 16-bit CDFs costs little over the model's estimate (the strings); the
-    # container's header (sizes, fingerprint, checksums, names) adds under 100 bytes.
-    strings_bpp = payload_bpp(coding.container, 256 * 384)
-    assert 0 < 256 * 384 * (coding.bpp - strings_bpp) / 8 < 100  # header bytes
-    assert strings_bpp == pytest.approx(coding.estimated_bpp, rel=0.05, abs=0.002)
+    # rANS with 16-bit CDFs costs little over the model's estimate (the strings, what bpp
+    # counts); the container's preamble and header (sizes, fingerprint, checksums, names)
+    # are counted in bpp_file alone.
+    assert coding.bpp == pytest.approx(payload_bpp(coding.container, 256 * 384))
+    header_bytes = 11 + int.from_bytes(coding.container[5:7], "little")  # magic .. header CRC
+    assert 256 * 384 * (coding.bpp_file - coding.bpp) / 8 == pytest.approx(header_bytes)
+    assert coding.bpp == pytest.approx(coding.estimated_bpp, rel=0.05, abs=0.002)
 
 
 def test_fitted_quantiles_are_the_learned_density_tails_and_median() -> None:
@@ -131,11 +135,15 @@ def test_evaluate_codec_writes_compressai_json_csv_bitstreams_and_reconstruction
         "encoding_time",
         "decoding_time",
     }
-    bytes_a = (tmp_path / "bitstreams" / "a.lic").stat().st_size
-    bytes_b = (tmp_path / "bitstreams" / "b.lic").stat().st_size
-    expected_bpp = (8 * bytes_a / (64 * 96) + 8 * bytes_b / (80 * 64)) / 2
+    files = {name: (tmp_path / "bitstreams" / f"{name}.lic").read_bytes() for name in "ab"}
+    pixels = {"a": 64 * 96, "b": 80 * 64}
+    # bpp counts the strings, as CompressAI's eval_model does; bpp_file the whole file
+    expected_bpp = sum(payload_bpp(files[name], pixels[name]) for name in "ab") / 2
+    expected_bpp_file = sum(8 * len(files[name]) / pixels[name] for name in "ab") / 2
     assert results["results"]["bpp"][0] == pytest.approx(expected_bpp)
+    assert results["results"]["bpp_file"][0] == pytest.approx(expected_bpp_file)
     assert summary["bpp"] == pytest.approx(expected_bpp)
+    assert summary["bpp_file"] == pytest.approx(expected_bpp_file)
     assert summary["decode_error"] == 0
     assert (tmp_path / "reconstruction_a.png").is_file()
     rows = (tmp_path / "per_image.csv").read_text().splitlines()

@@ -147,8 +147,9 @@ def encode(args: argparse.Namespace) -> None:
     write_atomically(args.output, lambda path: path.write_bytes(coding.container))
     height, width = image.shape[-2:]
     print(
-        f"{args.output}: {len(coding.container)} bytes, {coding.bpp:.4f} bpp for {width}x{height}, "
-        f"encoded in {coding.encoding_time:.3f} s"
+        f"{args.output}: {len(coding.container)} bytes ({coding.string_bytes} in the latents' "
+        f"strings), {coding.bpp_file:.4f} bpp in all ({coding.bpp:.4f} for the strings) for "
+        f"{width}x{height}, encoded in {coding.encoding_time:.3f} s"
     )
 
 

@@ -23,7 +23,8 @@ the model a file needs, and the symbol checksum, recomputed while decoding
 (:func:`licexp.backbones.staged_rans.symbol_checksum`), catches a decoder whose entropy
 parameters differ from the encoder's. The header costs 100-130 bytes (102 for
 ``MeanScaleHyperprior`` + ``StraightThroughQuantization`` without a run name, 121 with a
-dated one), counted in the reported bpp like the payload.
+dated one), counted in ``bpp_file`` but not in ``bpp``, which counts the strings alone
+as CompressAI's ``eval_model`` does.
 """
 
 from __future__ import annotations

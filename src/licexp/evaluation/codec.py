@@ -24,6 +24,7 @@ from licexp.evaluation.bitstream import (
     pack,
     unpack,
 )
+from licexp.evaluation.metrics import bpp_from_bytes
 
 
 def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
@@ -70,7 +71,10 @@ class RealCoding:
     """The outcome of coding one image for real."""
 
     container: bytes
-    """The whole bitstream, header included; ``8 * len / (H * W)`` is the reported bpp."""
+    """The whole file: the header and the latents' strings (:attr:`bpp_file`)."""
+    string_bytes: int
+    """The bytes of the latents' strings alone, the rate CompressAI's ``eval_model`` and
+    every published anchor count (:attr:`bpp`)."""
     x_hat: Tensor
     """The decoded reconstruction, cropped to the image and clamped to ``[0, 1]``."""
     estimated_bpp: float
@@ -83,8 +87,13 @@ class RealCoding:
 
     @property
     def bpp(self) -> float:
-        height, width = self.x_hat.shape[-2:]
-        return 8 * len(self.container) / (height * width)
+        """Bits per pixel of the strings alone, as the field reports rates."""
+        return bpp_from_bytes(self.string_bytes, *self.x_hat.shape[-2:])
+
+    @property
+    def bpp_file(self) -> float:
+        """Bits per pixel of the whole file, the container's header included."""
+        return bpp_from_bytes(len(self.container), *self.x_hat.shape[-2:])
 
 
 def check_codable(codec: LearnedCodec, height: int, width: int) -> None:
@@ -153,6 +162,7 @@ def code_image(
     encoder_side = bitstreams.encoder_side
     return RealCoding(
         container=container,
+        string_bytes=sum(len(strings[0]) for strings in bitstreams.strings.values()),
         x_hat=decoded.clamp(0, 1)[0],
         estimated_bpp=float(encoder_side.bits.sum()) / (height * width),
         decode_error=(y_hat - encoder_side.y_hat).abs().max().item(),

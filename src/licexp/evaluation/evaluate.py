@@ -1,9 +1,10 @@
 """Evaluation of a trained codec on real bitstreams, beside classical anchors.
 
 For every image: pad, rANS-encode, write the container, decode it, check the decoded
-latent against the encoder's (the hard-quantised forward pass's), and measure bpp from the
-bytes, PSNR-RGB and
-MS-SSIM. Results go to ``out_dir`` as CompressAI ``eval_model`` JSON, a per-image CSV, the
+latent against the encoder's (the hard-quantised forward pass's), and measure PSNR-RGB,
+MS-SSIM and the rate from the bytes: ``bpp`` counts the latents' strings, as CompressAI's
+``eval_model`` and the published anchors do, ``bpp_file`` the whole file, header included.
+Results go to ``out_dir`` as CompressAI ``eval_model`` JSON, a per-image CSV, the
 bitstreams, reconstructions and an RD figure (``rd.png``); Pillow's JPEG, WebP and JPEG
 2000 are measured live on the same images and compared at equal rate. An image that cannot
 be read or coded is skipped: its row holds the error, the results cover the other images.
@@ -42,7 +43,7 @@ from licexp.evaluation.results import (
 log = logging.getLogger(__name__)
 
 CURVE_METRICS = ("bpp", "psnr", "ms_ssim", "encoding_time", "decoding_time")
-METRICS = ("bpp", "estimated_bpp", "psnr", "ms_ssim", "encoding_time", "decoding_time")
+METRICS = ("bpp", "bpp_file", "estimated_bpp", "psnr", "ms_ssim", "encoding_time", "decoding_time")
 
 
 class EvaluationError(ValueError):
@@ -105,8 +106,10 @@ def evaluate_images(
             "name": name,
             "height": image.shape[-2],
             "width": image.shape[-1],
-            "bytes": len(coding.container),
+            "bytes": coding.string_bytes,
+            "file_bytes": len(coding.container),
             "bpp": coding.bpp,
+            "bpp_file": coding.bpp_file,
             "estimated_bpp": coding.estimated_bpp,
             "psnr": psnr(image, coding.x_hat),
             "ms_ssim": ms_ssim_if_measurable(image, coding.x_hat),
@@ -126,8 +129,8 @@ def evaluate_images(
 
 def mean_row(rows: Sequence[dict[str, Any]], name: str = "mean") -> dict[str, Any]:
     """Per-image metrics averaged (CompressAI's ``eval_model`` averages per image), and
-    ``bpp_pixel_weighted``: the bits of all images over their pixels (as the Kodak literature
-    reports rates).
+    ``bpp_pixel_weighted``: the strings' bits of all images over their pixels (as the Kodak
+    literature reports rates).
 
     Rows with an ``error`` are left out. A metric an image lacks (MS-SSIM of an image too
     small for it) is averaged over the images that have it, and is ``None`` when none has.
@@ -259,7 +262,7 @@ def evaluate_codec(
         name=name,
         description=f"licexp real-bitstream evaluation on {len(coded)} images",
         **{key: [mean[key]] for key in CURVE_METRICS if mean[key] is not None},
-        extra={"estimated_bpp": [mean["estimated_bpp"]]},
+        extra={key: [mean[key]] for key in ("bpp_file", "estimated_bpp")},
         metadata={
             "bpp_pixel_weighted": mean["bpp_pixel_weighted"],
             "skipped": skipped,  # rows of name and error
