@@ -59,6 +59,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         anchors=cfg.anchors,
         reconstructions=cfg.reconstructions,
         padding=cfg.padding,
+        anchors_source=cfg.anchors_source,
+        anchors_cache=cfg.anchors_cache,
+        published_anchors=cfg.published_anchors,
     )
     log.info(
         "Done: results %s; per image %s", output_dir / "results.json", output_dir / "per_image.csv"

@@ -30,6 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from licexp.evaluation.anchor_sources import KODAK_ANCHOR_DIR
 from licexp.evaluation.bjontegaard import METHODS, bd_psnr, bd_rate
 from licexp.evaluation.metrics import ms_ssim_db
 from licexp.evaluation.plots import plot_rd
@@ -42,7 +43,6 @@ from licexp.evaluation.results import (
 )
 from licexp.evaluation.runs import find_runs, group_runs
 
-KODAK_ANCHOR_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "anchors" / "kodak"
 DEFAULT_ANCHORS = (
     "compressai-mbt2018-mean_mse_cpu.json",
     "compressai-bmshj2018-hyperprior_mse_cpu.json",

@@ -125,6 +125,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 name=cfg.run_name,
                 anchors=cfg.evaluation.anchors,
                 reconstructions=cfg.evaluation.reconstructions,
+                anchors_source=cfg.evaluation.anchors_source,
+                anchors_cache=cfg.evaluation.anchors_cache,
+                published_anchors=cfg.evaluation.published_anchors,
             )
             log_evaluation(trainer, summary, output_dir / "eval", datamodule.eval_dataset)
             metrics.update({f"eval/{key}": value for key, value in summary.items()})

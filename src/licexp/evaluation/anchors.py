@@ -32,7 +32,9 @@ __all__ = [
     "CodedImage",
     "AnchorResult",
     "quantize_8bit",
+    "coded_pixels",
     "encode_decode",
+    "anchor_settings",
     "anchor_curve",
 ]
 
@@ -154,10 +156,16 @@ def _as_chw(image: Tensor) -> Tensor:
     return image
 
 
+def coded_pixels(image: Tensor) -> np.ndarray:
+    """The 8-bit RGB ``[H, W, 3]`` array Pillow codes for a float ``[3, H, W]`` (or
+    ``[1, 3, H, W]``) image in [0, 1]: ``round(clamp(image, 0, 1) * 255)``."""
+    array = torch.round(_as_chw(image).detach().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
+    return array.permute(1, 2, 0).cpu().numpy()
+
+
 def _to_pil(image: Tensor) -> Image.Image:
     """Float ``[3, H, W]`` (or ``[1, 3, H, W]``) tensor in [0, 1] -> 8-bit RGB PIL image."""
-    array = torch.round(_as_chw(image).detach().clamp(0.0, 1.0) * 255.0).to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+    return Image.fromarray(coded_pixels(image))
 
 
 def _library_text(codec: str) -> str:
@@ -218,6 +226,33 @@ def encode_decode(
     )
 
 
+def _resolve_qualities(codec: str, qualities: Sequence[float] | None) -> tuple[float, ...]:
+    """``qualities``, or the codec's :data:`DEFAULT_QUALITIES` when ``None``; checked."""
+    qualities = tuple(DEFAULT_QUALITIES[codec] if qualities is None else qualities)
+    if not qualities:
+        raise ValueError("anchor_curve needs at least one quality")
+    if len(set(qualities)) != len(qualities):
+        raise ValueError(f"qualities must be distinct, got {qualities}")
+    return qualities
+
+
+def anchor_settings(
+    codec: str, qualities: Sequence[float] | None = None, *, subsampling: str = "4:2:0"
+) -> dict[str, Any]:
+    """Everything besides the images that decides :func:`anchor_curve`'s bitstreams: the
+    codec, its qualities, Pillow's encoder options per quality, and the versions of Pillow
+    and of the codec's C library. Plain JSON values, for keys of cached results."""
+    _check_codec(codec)
+    qualities = _resolve_qualities(codec, qualities)
+    return {
+        "codec": codec,
+        "qualities": list(qualities),
+        "save_options": [_save_options(codec, quality, subsampling) for quality in qualities],
+        "pillow": PIL.__version__,
+        "library": _library_text(codec),
+    }
+
+
 def anchor_curve(
     images: Sequence[tuple[str, Tensor]],
     codec: str,
@@ -243,11 +278,7 @@ def anchor_curve(
     _check_codec(codec)
     if not images:
         raise ValueError("anchor_curve needs at least one image")
-    qualities = tuple(DEFAULT_QUALITIES[codec] if qualities is None else qualities)
-    if not qualities:
-        raise ValueError("anchor_curve needs at least one quality")
-    if len(set(qualities)) != len(qualities):
-        raise ValueError(f"qualities must be distinct, got {qualities}")
+    qualities = _resolve_qualities(codec, qualities)
 
     rows: list[dict[str, Any]] = []
     for name, image in images:

@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from licexp.backbones import LearnedCodec
 from licexp.data.images import ImageReadError
-from licexp.evaluation.anchors import anchor_curve
+from licexp.evaluation.anchor_sources import evaluation_anchors
 from licexp.evaluation.bitstream import identity_of
 from licexp.evaluation.codec import code_image
 from licexp.evaluation.metrics import ms_ssim_if_measurable, psnr
@@ -225,6 +225,9 @@ def evaluate_codec(
     reconstructions: int = 1,
     console: Console | None = None,
     padding: str = "replicate",
+    anchors_source: str = "live",
+    anchors_cache: str | Path | None = None,
+    published_anchors: str | Path | None = None,
 ) -> dict[str, float]:
     """Evaluates ``codec`` on every image of ``dataset``; returns the mean metrics.
 
@@ -233,6 +236,10 @@ def evaluate_codec(
     end, and ``images_skipped`` in the returned metrics counts it; the other results cover
     the coded images only. ``results.json`` also holds ``bpp_pixel_weighted`` (see
     :func:`mean_row`).
+
+    The ``anchors`` come from ``anchors_source`` (``live`` or ``published``), live ones
+    cached in ``anchors_cache`` (``None``: not cached), published ones read from
+    ``published_anchors`` (:func:`~licexp.evaluation.anchor_sources.evaluation_anchors`).
 
     Raises:
         EvaluationError: no image could be read and coded (``per_image.csv`` is written).
@@ -278,11 +285,17 @@ def evaluate_codec(
     )
 
     comparisons, anchor_curves = [], []
-    for codec_name in anchors:
-        log.info("Measuring %s on the same %d images", codec_name, len(coded_images))
-        anchor = anchor_curve(coded_images, codec_name)
+    measured = evaluation_anchors(
+        coded_images,
+        anchors,
+        anchors_source,
+        cache_dir=anchors_cache,
+        published_dir=published_anchors,
+    )
+    for codec_name, anchor in measured.items():
         save_curve(anchor.curve, out_dir / f"anchor_{codec_name}.json")
-        write_per_image_csv(anchor.rows, out_dir / f"anchor_{codec_name}_per_image.csv")
+        if anchor.rows:  # published anchors are means only
+            write_per_image_csv(anchor.rows, out_dir / f"anchor_{codec_name}_per_image.csv")
         comparisons.append(compare_with_anchor(mean, anchor.curve))
         anchor_curves.append(anchor.curve)
     plot_rd(
