@@ -5,9 +5,10 @@ latent against the encoder's (the hard-quantised forward pass's), and measure PS
 MS-SSIM and the rate from the bytes: ``bpp`` counts the latents' strings, as CompressAI's
 ``eval_model`` and the published anchors do, ``bpp_file`` the whole file, header included.
 Results go to ``out_dir`` as CompressAI ``eval_model`` JSON, a per-image CSV, the
-bitstreams, reconstructions and an RD figure (``rd.png``); Pillow's JPEG, WebP and JPEG
-2000 are measured live on the same images and compared at equal rate. An image that cannot
-be read or coded is skipped: its row holds the error, the results cover the other images.
+bitstreams, reconstructions and an RD figure (``rd.png``); classical anchors (Pillow's JPEG,
+WebP and JPEG 2000 on the same images, measured once per image set and cached, or
+CompressAI's published Kodak results) are compared at equal rate. An image that cannot be
+read or coded is skipped: its row holds the error, the results cover the other images.
 """
 
 from __future__ import annotations
