@@ -24,6 +24,7 @@ BAD_VALUES = [
     ("ckpt_path=missing.ckpt", "missing.ckpt"),
     ("init_from=missing.ckpt", "missing.ckpt"),
     ("trainer.max_steps=0", "max_steps"),
+    ("evaluation.anchors_source=pubished", "anchors_source"),  # before training, not after
 ]
 
 

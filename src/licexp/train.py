@@ -29,6 +29,7 @@ from licexp.checkpoints import (
 from licexp.cli import INTERRUPTED, TERMINATED, hydra_command
 from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
 from licexp.distributed import hydra_ddp_job
+from licexp.evaluation.anchor_sources import check_anchor_source
 from licexp.evaluation.evaluate import evaluate_codec
 from licexp.loggers import finish_wandb, log_evaluation
 
@@ -69,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Runs one training job; returns the final metrics (a sweeper's objective among them)."""
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
+    check_anchor_source(cfg.evaluation.anchors_source)
     L.seed_everything(cfg.seed, workers=True)
     allow_tf32(cfg.tf32)
     output_dir = Path(cfg.paths.output_dir)

@@ -27,6 +27,7 @@ from licexp.evaluation.results import load_curve
 
 __all__ = [
     "ANCHOR_SOURCES",
+    "check_anchor_source",
     "KODAK_ANCHOR_DIR",
     "is_kodak",
     "published_anchor",
@@ -83,6 +84,13 @@ def published_anchor(codec: str, folder: str | Path) -> AnchorResult:
     return AnchorResult(rows=[], curve=curve)
 
 
+def check_anchor_source(source: str) -> None:
+    """Raises a clear error unless ``source`` is one of :data:`ANCHOR_SOURCES` (a training
+    run checks it before training, not at the evaluation after it)."""
+    if source not in ANCHOR_SOURCES:
+        raise ValueError(f"anchors_source must be one of {list(ANCHOR_SOURCES)}, got {source!r}")
+
+
 def evaluation_anchors(
     images: Sequence[tuple[str, Tensor]],
     codecs: Sequence[str],
@@ -100,8 +108,7 @@ def evaluation_anchors(
     Raises:
         ValueError: ``source`` is not one of :data:`ANCHOR_SOURCES`.
     """
-    if source not in ANCHOR_SOURCES:
-        raise ValueError(f"anchors_source must be one of {list(ANCHOR_SOURCES)}, got {source!r}")
+    check_anchor_source(source)
     if source == "published":
         if is_kodak(images):
             folder = KODAK_ANCHOR_DIR if published_dir is None else Path(published_dir)
