@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -125,3 +126,13 @@ SMALL_TINY_LIC = {
     "kernel_size": 3,
     "hyper_kernel_size": 1,
 }
+
+
+def compressai_eval_model():
+    """CompressAI's ``eval_model`` module. Importing it switches torch to one thread and
+    cuDNN to deterministic algorithms for the whole process; both are restored here."""
+    threads, deterministic = torch.get_num_threads(), torch.backends.cudnn.deterministic
+    module = importlib.import_module("compressai.utils.eval_model.__main__")
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.deterministic = deterministic
+    return module

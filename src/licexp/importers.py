@@ -38,6 +38,16 @@ constants, which older files lack), never imported."""
 
 Rename = tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]
 
+COMPRESSAI_PREFIXES = {
+    "entropy_bottleneck.": "hyper_latent.entropy_bottleneck.",
+    "gaussian_conditional.": "latent.gaussian_conditional.",
+}
+"""CompressAI's entropy-model prefixes -> licexp's; every other key keeps its name (the
+mapping :mod:`licexp.export` inverts)."""
+COMPRESSAI_NAMES: list[Rename] = [
+    (re.compile(f"^{re.escape(theirs)}"), ours) for theirs, ours in COMPRESSAI_PREFIXES.items()
+]
+
 RELEASE_NAMES: list[Rename] = [
     (re.compile(r"^(g_a|g_s|h_a|h_s)(\d+)\."), r"\1.\2."),
     (re.compile(r"\.residual_group\.blocks\."), ".blocks."),
@@ -52,10 +62,8 @@ RELEASE_NAMES: list[Rename] = [
         lambda m: f"context_model.entropy_parameters.{int(m[1]) - 1}.",
     ),
     (re.compile(r"^cc_transforms\."), "context_model.channel_context."),
-    (re.compile(r"^entropy_bottleneck\."), "hyper_latent.entropy_bottleneck."),
-    (re.compile(r"^gaussian_conditional\."), "latent.gaussian_conditional."),
+    *COMPRESSAI_NAMES,  # the release names its entropy models as CompressAI does
 ]
-COMPRESSAI_NAMES: list[Rename] = RELEASE_NAMES[-2:]
 
 FORMATS = {
     "the Tiny-LIC release": (RELEASE_NAMES, (TinyLIC,), "backbone=tiny_lic"),
