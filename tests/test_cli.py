@@ -372,3 +372,117 @@ def test_codec_cli_names_the_model_a_file_needs(smoke_run, tmp_path) -> None:
     )
     assert other.returncode == 1 and "written by another model" in other.stderr
     assert not output.exists()
+
+
+def home_folder_env(root: Path) -> dict[str, str]:
+    """A user's environment with ``root/home`` as home folder and no W&B or XDG folder set,
+    every Python-level network lookup logged to ``root/network.log`` and refused."""
+    moved = ("WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DIR", "WANDB_MODE")
+    env = {k: v for k, v in os.environ.items() if k not in moved and not k.startswith("XDG_")}
+    return {
+        **env,
+        "HOME": str(root / "home"),
+        "PYTHONPATH": str(REPO_ROOT / "tests" / "no_network"),
+        "LICEXP_NETWORK_LOG": str(root / "network.log"),
+        "HYDRA_FULL_ERROR": "0",
+        "PYTHONWARNINGS": "ignore",
+    }
+
+
+def run_at_home(root: Path, module: str, *arguments: str) -> None:
+    """``python -m module arguments`` in :func:`home_folder_env`; fails the test on an error."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=REPO_ROOT,
+        env=home_folder_env(root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"{module}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def offline_run_kept_in(folder: Path, root: Path) -> Path:
+    """The offline W&B run under ``folder/wandb``, checked to keep what it logged inside
+    ``folder``: its tables' artifact files are staged there and its record names no folder
+    of the home folder, which holds only wandb-core's service logs and matplotlib's font
+    cache; no network lookup was tried."""
+    assert not (root / "network.log").exists(), (root / "network.log").read_text()
+    (offline_run,) = (folder / "wandb").glob("offline-run-*")
+    assert list((offline_run / "artifacts" / "staging").iterdir())
+    assert str(root / "home").encode() not in next(offline_run.glob("*.wandb")).read_bytes()
+    home = root / "home"
+    outside = [
+        path.relative_to(home)
+        for path in home.rglob("*")
+        if path.is_file()
+        and path.relative_to(home).parts[:3] != (".cache", "wandb", "logs")
+        and "matplotlib" not in path.parts
+    ]
+    assert not outside, outside
+    return offline_run
+
+
+def test_eval_logs_the_results_to_an_offline_wandb_run_in_the_eval_folder(
+    smoke_run, tmp_path
+) -> None:
+    run_dir, _ = smoke_run
+    checkpoint, out = run_dir / "checkpoints" / "last.ckpt", tmp_path / "eval"
+    arguments = [f"ckpt_path={checkpoint}", "anchors=[jpeg]", "logger=wandb"]
+    arguments += ["data.test.names=[astronaut,coffee]", "data.test.crop_size=128"]
+    run_at_home(tmp_path, "licexp.eval", *arguments, f"hydra.run.dir={out}")
+    records = wandb_records(offline_run_kept_in(out, tmp_path))
+    (started,) = [record["run"] for record in records if record["type"] == "run"]
+    assert started["display_name"] == "mean_scale_small-noise-lmbda0.0067"  # the trained run's
+    assert (started["job_type"], started["tags"]) == ("eval", ["lmbda=0.0067"])
+    config = merged(records, "config", "update")
+    assert config["ckpt_path"] == str(checkpoint)
+    assert config["trained"]["lmbda"] == 0.0067
+
+    summary = merged(records, "summary", "update")
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert summary["eval/bpp"] == pytest.approx(results["bpp"][0])
+    assert summary["eval/psnr"] == pytest.approx(results["psnr-rgb"][0])
+    logged = merged(records, "history", "item")
+    assert logged["eval/rd._type"] == "images/separated"
+    (offline_run,) = (out / "wandb").glob("offline-run-*")
+    table = json.loads((offline_run / "files" / logged["eval/per_image.path"]).read_text())
+    with open(out / "per_image.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [row[0] for row in table["data"]] == [row["name"] for row in rows]
+    bpp = table["columns"].index("bpp")
+    assert [row[bpp] for row in table["data"]] == [pytest.approx(float(r["bpp"])) for r in rows]
+    assert [record["exit"]["exit_code"] for record in records if record["type"] == "exit"] == [0]
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def test_rd_logs_the_sweeps_figure_and_bd_table_to_the_sweeps_wandb_group(
+    smoke_run, tmp_path
+) -> None:
+    run_dir, _ = smoke_run
+    sweep, out = run_dir.parent, tmp_path / "rd"  # a folder of one run, as a sweep's
+    anchor = run_dir / "eval" / "anchor_jpeg.json"
+    options = [f"--anchor={anchor}", "--no-default-anchors", f"--out={out}", "--wandb"]
+    run_at_home(tmp_path, "licexp.rd", str(sweep), *options)
+    records = wandb_records(offline_run_kept_in(out, tmp_path))
+    (started,) = [record["run"] for record in records if record["type"] == "run"]
+    assert (started["run_group"], started["job_type"]) == (sweep.name, "rd")  # the jobs' group
+    logged = merged(records, "history", "item")
+    assert logged["rd/figure._type"] == "images/separated"
+    (offline_run,) = (out / "wandb").glob("offline-run-*")
+    table = json.loads((offline_run / "files" / logged["rd/bd.path"]).read_text())
+    with open(out / "bd.csv") as file:
+        (row,) = csv.DictReader(file)  # the anchor against the run's curve
+    assert table["columns"] == list(row) and row["reference"] == "mean_scale_small-noise"
+    (logged_row,) = table["data"]
+    for column, value in zip(table["columns"], logged_row, strict=True):
+        # an empty cell (a BD number undefined for a curve of one point) is None in W&B
+        cell = row[column]
+        assert value == (pytest.approx(float(cell)) if is_number(cell) else cell or None)

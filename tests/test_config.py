@@ -33,7 +33,7 @@ from licexp.data import (
     PhotoSamples,
     default_kodak_root,
 )
-from licexp.loggers import WandbMedia
+from licexp.loggers import TensorBoardMedia, WandbMedia
 from licexp.quant import QuantizationStrategy
 from licexp.quant.mixed import MixedQuantization
 from licexp.training import CodecModule, split_parameters
@@ -123,7 +123,7 @@ def kodak_is_present() -> bool:
 TESTED_OPTIONS = {
     "data": {"default", "folder", "kodak"},
     "trainer": {"cpu", "gpu", "ddp", "ddp_cpu"},
-    "logger": {"csv", "none", "wandb"},
+    "logger": {"csv", "none", "tensorboard", "wandb"},
     "callbacks": {"default", "none"},
     "debug": {"fdr", "smoke"},
     "ablation": {"baseline", "fexm_frm", "fenm_without_feature_loss", "fenm", "qecm"},
@@ -275,14 +275,15 @@ def test_callbacks_default_builds_checkpoints_progress_gaps_and_media(tmp_path) 
         ParameterSummary,
         GapMetrics,
         WandbMedia,
+        TensorBoardMedia,
     ]
-    best, last, _, _, gaps, media = built
+    best, last, _, _, gaps, media, tb_media = built
     assert (best.monitor, best.mode) == ("val/loss", "min")
     assert (best.save_top_k, best.save_last) == (1, False)
     assert best.dirpath == str(tmp_path / "checkpoints")
     assert (last.dirpath, last.every_n_steps) == (tmp_path / "checkpoints", 250)
     assert (gaps.every_n_steps, gaps.p, gaps.lss_samples, gaps.lss_scale) == (50, 1.0, 4, 0.5)
-    assert media.reconstructions == 2
+    assert media.reconstructions == tb_media.reconstructions == 2
 
 
 def choice(cfg: DictConfig, group: str) -> str:

@@ -8,23 +8,77 @@ CompressAI-schema JSON, a per-image CSV, the bitstreams and reconstructions. Wit
 ``images=<folder>`` the images of that folder are evaluated instead of ``data.test``.
 An image that cannot be read or coded is skipped with its error in ``per_image.csv`` and
 ``results.json``; the command writes the other results, then exits with status 1.
+With ``logger=wandb`` (an offline run in ``<eval dir>/wandb/``) or ``logger=tensorboard``
+the results also go to that tracker (:mod:`licexp.loggers`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch.utils.data import Dataset
 
 from licexp.checkpoints import codec_from_checkpoint, find_last_checkpoint
 from licexp.cli import hydra_command
+from licexp.config import instantiate_collection
 from licexp.data import ImageFolder
 from licexp.evaluation.evaluate import EvaluationError, evaluate_codec
+from licexp.loggers import finish_wandb, log_evaluation
 
 log = logging.getLogger(__name__)
+
+
+def evaluation_loggers(cfg: DictConfig, name: str, run_config: dict[str, Any]) -> list[Logger]:
+    """The loggers of ``logger=`` (none by default), named after the evaluated run.
+
+    ``run_name`` and ``lmbda`` (W&B's run name and lambda tag) are the checkpoint's unless
+    set; a tag with no value is left out (the backbone and quant choices of an evaluation
+    that keeps the checkpoint's own).
+    """
+    with open_dict(cfg):
+        cfg.run_name = cfg.run_name or name
+        cfg.lmbda = cfg.lmbda if cfg.lmbda is not None else run_config.get("lmbda")
+    for config in (cfg.get("logger") or {}).values():
+        if config is not None and config.get("tags") is not None:
+            config.tags = [tag for tag in config.tags if tag is not None]
+    return instantiate_collection(cfg.get("logger"))
+
+
+def log_to_trackers(
+    cfg: DictConfig,
+    name: str,
+    ckpt_path: Path,
+    run_config: dict[str, Any],
+    summary: dict[str, float],
+    output_dir: Path,
+    dataset: Dataset,
+) -> None:
+    """Sends the evaluation to the trackers of ``logger=``: the checkpoint, the evaluation's
+    config (as written, since its ``data.train`` refers to training-only keys) and the
+    evaluated run's (``trained``) as hyperparameters, the results as
+    :func:`licexp.loggers.log_evaluation` says."""
+    loggers = evaluation_loggers(cfg, name, run_config)
+    status = "failed"
+    try:
+        config = {
+            "ckpt_path": str(ckpt_path),
+            "evaluation": OmegaConf.to_container(cfg),
+            "trained": run_config,
+        }
+        for logger in loggers:
+            logger.log_hyperparams(config)
+        log_evaluation(loggers, summary, output_dir, dataset, step=0)
+        status = "failed" if summary["images_skipped"] else "success"
+    finally:
+        for logger in loggers:
+            logger.finalize(status)
+        finish_wandb(loggers, exit_code=int(status != "success"))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -63,6 +117,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         anchors_cache=cfg.anchors_cache,
         published_anchors=cfg.published_anchors,
     )
+    log_to_trackers(cfg, name, ckpt_path, run_config, summary, output_dir, dataset)
     log.info(
         "Done: results %s; per image %s", output_dir / "results.json", output_dir / "per_image.csv"
     )

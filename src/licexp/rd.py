@@ -14,6 +14,10 @@ from ``../shared/data/anchors/kodak/`` when that folder exists, and every Compre
 JSON file given, whether as an argument beside the directories or with ``--anchor``; the
 files read as anchors are listed. Such a file is drawn dashed and is the reference only when
 named by ``--reference``.
+W&B (``--wandb``, offline by default; ``--wandb online`` after ``wandb login``): the figure
+(``rd/figure``) and the BD table (``rd/bd``) as a run of job type ``rd`` in the sweep's
+W&B group (the sweep folder's name, as its jobs' ``logger.wandb.group``), written to
+``<out>/wandb/``.
 Reference (``--reference NAME``, any curve or anchor): by default ``mbt2018-mean``, the
 published model of licexp's mean-scale backbone, when every run was evaluated on Kodak like
 the anchors; otherwise the first sweep curve by name, so that runs evaluated on other images
@@ -30,6 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from licexp.config import WANDB_MODES
 from licexp.evaluation.anchor_sources import KODAK_ANCHOR_DIR
 from licexp.evaluation.bjontegaard import METHODS, bd_psnr, bd_rate
 from licexp.evaluation.metrics import ms_ssim_db
@@ -85,6 +90,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--method", choices=sorted(METHODS), default="pchip", help="BD interpolation"
     )
     parser.add_argument("--out", type=Path, help="output folder (default: <first dir>/rd)")
+    parser.add_argument(
+        "--wandb",
+        nargs="?",
+        const="offline",
+        choices=WANDB_MODES,
+        help="also log the figure and BD table to W&B (offline without a mode: <out>/wandb/)",
+    )
+    parser.add_argument(
+        "--wandb-group", help="W&B group (default: the first dir's name, its sweep's group)"
+    )
+    parser.add_argument("--wandb-project", default="licexp", help="W&B project (licexp)")
     return parser.parse_args(argv)
 
 
@@ -275,6 +291,30 @@ def report(
     console.print(f"curves, rd.png and bd.csv in {escape(str(out))}")
 
 
+def log_to_wandb(args: argparse.Namespace, dirs: Sequence[Path], out: Path) -> None:
+    """Logs ``out``'s figure and BD table to W&B (see the module docstring)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from licexp.loggers.wandb import finish_wandb, log_rd
+
+    group = args.wandb_group or dirs[0].resolve().name
+    logger = WandbLogger(
+        project=args.wandb_project,
+        name=f"rd-{group}",
+        group=group,
+        job_type="rd",
+        save_dir=str(out),
+        mode=args.wandb,
+        offline=args.wandb == "offline",  # keeps the process off the network (wandb.yaml)
+    )
+    exit_code = 1
+    try:
+        log_rd(logger, out / "rd.png", out / "bd.csv")
+        exit_code = 0
+    finally:
+        finish_wandb([logger], exit_code)
+
+
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     """The command line; returns the exit status (1: no runs found, 2: bad input)."""
     args = parse_args(argv)
@@ -293,6 +333,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     if holds_results(out):
         console.print(f"replacing the results in {escape(str(out))}")
     report(curves, anchors, reference, args.method, out, console)
+    if args.wandb:
+        log_to_wandb(args, dirs, out)
     return 0
 
 

@@ -131,7 +131,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 anchors_cache=cfg.evaluation.anchors_cache,
                 published_anchors=cfg.evaluation.published_anchors,
             )
-            log_evaluation(trainer, summary, output_dir / "eval", datamodule.eval_dataset)
+            log_evaluation(
+                trainer.loggers,
+                summary,
+                output_dir / "eval",
+                datamodule.eval_dataset,
+                trainer.global_step,
+            )
             metrics.update({f"eval/{key}": value for key, value in summary.items()})
         if trainer.is_global_zero:
             report_outputs(output_dir, cfg.evaluate)

@@ -8,87 +8,62 @@ imports ``wandb``. Scalars (losses, bpp, PSNR, the gap metrics) reach W&B throug
 * :class:`WandbMedia` (a callback): at each validation the first validation images next
   to their reconstructions, and the latent histograms of
   :class:`~licexp.callbacks.GapMetrics` as ``wandb.Histogram`` and as their PNG figures;
-* :func:`log_evaluation`: the final real-bitstream evaluation as run summary
-  (``eval/bpp``, ``eval/psnr``, ``eval/ms_ssim``, ...), a ``wandb.Table`` of the per-image
-  results with originals next to reconstructions, and the RD figure;
+* :func:`log_evaluation`: a real-bitstream evaluation as run summary (``eval/bpp``,
+  ``eval/psnr``, ``eval/ms_ssim``, ...), a ``wandb.Table`` of the per-image results with
+  originals next to reconstructions, and the RD figure;
+* :func:`log_rd`: a sweep's RD figure and BD table (``licexp-rd --wandb``);
 * :func:`finish_wandb`: closes the run, so that the next job of a sweep gets its own.
+
+Tables are staged inside the run's own folder (:func:`staged_in_run`), not in W&B's data
+folder under the home directory, so an offline run holds all it uploads.
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.loggers import Logger, WandbLogger
-from PIL import Image
-from torch import Tensor
 from torch.utils.data import Dataset
 
-from licexp.callbacks.gaps import GapMetrics
-from licexp.training import CodecModule
+from licexp.callbacks.gaps import Histogram
+from licexp.loggers.media import (
+    ValidationMedia,
+    evaluated_images,
+    first_logger,
+    rank_zero_logger,
+    read_table,
+)
 
 
-def wandb_logger(trainer: L.Trainer) -> WandbLogger | None:
-    """The trainer's W&B logger on global rank 0; ``None`` without one or on other ranks."""
-    if not trainer.is_global_zero:
-        return None
-    return next((lg for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
-
-
-def side_by_side(original: Tensor, reconstruction: Tensor) -> np.ndarray:
-    """``[3, H, W]`` images in ``[0, 1]`` as one 8-bit ``[H, 2W, 3]`` array, original left."""
-    pair = torch.cat([original, reconstruction], dim=-1).detach().float().cpu().clamp(0, 1)
-    return (pair * 255).round().byte().permute(1, 2, 0).numpy()
-
-
-class WandbMedia(L.Callback):
+class WandbMedia(ValidationMedia):
     """Validation pictures for W&B: reconstructions beside originals, latent histograms.
 
     Logged at the step of each validation: ``val/reconstructions`` (the first
     ``reconstructions`` validation images | their reconstructions by the hard-quantised
     pass the ``val/*`` metrics come from) and, when :class:`GapMetrics` runs,
     ``val/latent_histogram`` and ``val/quantisation_error_histogram`` (``wandb.Histogram``)
-    with their figures (``..._figure``). Does nothing without a W&B logger.
-
-    Args:
-        reconstructions: number of validation images shown (in validation order).
+    with their figures (``..._figure``). Does nothing without a W&B logger. Arguments as
+    :class:`~licexp.loggers.media.ValidationMedia`'s.
     """
 
-    def __init__(self, reconstructions: int = 2) -> None:
-        if reconstructions < 0:
-            raise ValueError(f"reconstructions must be >= 0, got {reconstructions}")
-        self.reconstructions = reconstructions
-        self._pairs: list[tuple[str, np.ndarray]] = []
+    def tracker(self, trainer: L.Trainer) -> WandbLogger | None:
+        return rank_zero_logger(trainer, WandbLogger)
 
-    def on_validation_batch_end(
+    def log_media(
         self,
-        trainer: L.Trainer,
-        module: CodecModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        logger: WandbLogger,
+        step: int,
+        pairs: list[tuple[str, np.ndarray]],
+        histograms: dict[str, Histogram],
     ) -> None:
-        wanted = self.reconstructions - len(self._pairs)
-        if wanted <= 0 or trainer.sanity_checking or wandb_logger(trainer) is None:
-            return
-        x, output = module.last_step  # this batch's validation step
-        for name, image, x_hat in list(zip(batch["name"], x, output.x_hat, strict=True))[:wanted]:
-            self._pairs.append((name, side_by_side(image, x_hat)))
-
-    def on_validation_end(self, trainer: L.Trainer, module: CodecModule) -> None:
-        pairs, self._pairs = self._pairs, []
-        logger = wandb_logger(trainer)
-        if logger is None or trainer.sanity_checking:
-            return
         import wandb
 
-        step = trainer.global_step
         if pairs:
             names, images = zip(*pairs, strict=True)
             logger.log_image(
@@ -98,70 +73,79 @@ class WandbMedia(L.Callback):
                 caption=[f"{name}: original | reconstruction" for name in names],
             )
         media: dict[str, Any] = {}
-        for callback in trainer.callbacks:
-            if not isinstance(callback, GapMetrics):
-                continue
-            for stem, histogram in callback.histograms.items():
-                if histogram.step != step:
-                    continue  # from an earlier validation
-                media[f"val/{stem}"] = wandb.Histogram(
-                    np_histogram=(histogram.counts.numpy(), histogram.edges.numpy())
-                )
-                if histogram.figure is not None:
-                    media[f"val/{stem}_figure"] = wandb.Image(str(histogram.figure))
+        for stem, histogram in histograms.items():
+            media[f"val/{stem}"] = wandb.Histogram(
+                np_histogram=(histogram.counts.numpy(), histogram.edges.numpy())
+            )
+            if histogram.figure is not None:
+                media[f"val/{stem}_figure"] = wandb.Image(str(histogram.figure))
         if media:
             logger.log_metrics(media, step=step)
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of a per-image CSV, numbers as ints or floats."""
+@contextmanager
+def staged_in_run(logger: WandbLogger) -> Iterator[None]:
+    """Stages the files of the W&B artifacts logged inside it (tables) in the run's own
+    folder (``<run>/wandb/offline-run-*/artifacts/staging/``).
 
-    def value(text: str) -> Any:
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
-
-    with path.open(encoding="utf-8", newline="") as handle:
-        return [{key: value(text) for key, text in row.items()} for row in csv.DictReader(handle)]
+    wandb (0.31) copies them to ``$WANDB_DATA_DIR/artifacts/staging``, by default under the
+    home directory, and its offline run records that path: ``wandb sync`` of a run folder
+    from another machine would miss them. The variable is the only setting of that folder
+    (read when an artifact is logged); it is restored on exit.
+    """
+    previous = os.environ.get("WANDB_DATA_DIR")
+    os.environ["WANDB_DATA_DIR"] = logger.experiment.settings.sync_dir
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["WANDB_DATA_DIR"]
+        else:
+            os.environ["WANDB_DATA_DIR"] = previous
 
 
 def log_evaluation(
-    trainer: L.Trainer, summary: dict[str, float], eval_dir: Path, dataset: Dataset
+    loggers: Sequence[Logger],
+    summary: dict[str, float],
+    eval_dir: Path,
+    dataset: Dataset,
+    step: int,
 ) -> None:
-    """Sends the final evaluation to W&B (see the module docstring); no-op without W&B.
+    """Sends an evaluation to W&B (see the module docstring); no-op without a W&B logger.
 
     Args:
-        trainer: the trainer whose loggers are searched for a ``WandbLogger``.
+        loggers: the loggers of this process (global rank 0's), searched for a W&B one.
         summary: the mean metrics :func:`~licexp.evaluation.evaluate.evaluate_codec` returns.
         eval_dir: its output directory (``per_image.csv``, ``reconstruction_<name>.png``,
             ``rd.png``).
         dataset: the evaluated images, in evaluation order (for the originals).
+        step: the training step the evaluated model reached.
     """
-    logger = wandb_logger(trainer)
+    logger = first_logger(loggers, WandbLogger)
     if logger is None:
         return
     import wandb
 
     logger.experiment.summary.update({f"eval/{key}": value for key, value in summary.items()})
-    rows = read_rows(eval_dir / "per_image.csv")
-    columns = [*rows[0], "original | reconstruction"]
-    data = []
-    for index, row in enumerate(rows):
-        reconstruction = eval_dir / f"reconstruction_{row['name']}.png"
-        picture = None
-        if reconstruction.is_file():
-            decoded = torch.from_numpy(np.array(Image.open(reconstruction).convert("RGB")))
-            picture = wandb.Image(
-                side_by_side(dataset[index]["image"], decoded.permute(2, 0, 1) / 255)
-            )
-        data.append([*row.values(), picture])
-    step = trainer.global_step
-    logger.log_table("eval/per_image", columns=columns, data=data, step=step)
+    images = evaluated_images(eval_dir, dataset)
+    columns = [*images[0].row, "original | reconstruction"]
+    data = [
+        [*image.row.values(), None if image.pair is None else wandb.Image(image.pair)]
+        for image in images
+    ]
+    with staged_in_run(logger):
+        logger.log_table("eval/per_image", columns=columns, data=data, step=step)
     if (eval_dir / "rd.png").is_file():
         logger.log_image("eval/rd", [str(eval_dir / "rd.png")], step=step)
+
+
+def log_rd(logger: WandbLogger, figure: Path, bd_table: Path) -> None:
+    """Sends a sweep's RD figure (``rd/figure``) and BD table (``rd/bd``, from the CSV file
+    ``bd_table``) to W&B."""
+    logger.log_image("rd/figure", [str(figure)])
+    columns, rows = read_table(bd_table)
+    with staged_in_run(logger):
+        logger.log_table("rd/bd", columns=columns, data=[list(row.values()) for row in rows])
 
 
 def finish_wandb(loggers: Sequence[Logger], exit_code: int = 0) -> None:
