@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -17,6 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 from licexp.backbones import CodecOutput, LearnedCodec
 from licexp.backbones.base import resize_entropy_buffers
 from licexp.evaluation.metrics import ms_ssim_batch, psnr_batch
+from licexp.training.compiling import compile_transforms, compiled_transforms_in
 from licexp.training.freezing import freeze_all_but, modules_of_roles
 from licexp.training.loss import RateDistortionLoss
 
@@ -86,6 +87,11 @@ class CodecModule(L.LightningModule):
     those modules: every other parameter is frozen and its module kept in eval mode
     (:func:`~licexp.training.freezing.freeze_all_but`). With the latent coders frozen the
     forward pass quantises exactly as at inference: stage 2 of Borzechowski et al.
+
+    ``compile`` runs the training and validation steps with ``torch.compile``'d transforms
+    (``g_a``, ``g_s``, ``h_a``, ``h_s``; ``compile_options`` are ``torch.compile``'s keyword
+    arguments); everything outside the steps uses the eager ones
+    (:mod:`~licexp.training.compiling`).
     """
 
     def __init__(
@@ -97,8 +103,12 @@ class CodecModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         clip_grad_norm: float | None = 1.0,
         trainable: Sequence[str] | None = None,
+        compile: bool = False,
+        compile_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(compile, bool):
+            raise ValueError(f"model.compile must be true or false, got {compile!r}")
         self.automatic_optimization = False
         self.codec = codec
         self.loss = loss
@@ -117,6 +127,11 @@ class CodecModule(L.LightningModule):
         if trainable is not None:
             self.frozen_modules = freeze_all_but(codec, modules_of_roles(codec, trainable))
             self.train(self.training)
+        self.compiled_transforms: dict[str, nn.Module] = (
+            compile_transforms(codec, compile_options or {}) if compile else {}
+        )
+        """Name -> compiled transform, swapped into the codec during the steps (plain dict:
+        the wrappers share the codec's parameters and stay out of the state dict)."""
 
     def train(self, mode: bool = True) -> CodecModule:
         """``nn.Module.train``, leaving the frozen modules in eval mode."""
@@ -139,7 +154,8 @@ class CodecModule(L.LightningModule):
         return optimizers, [{"scheduler": scheduler, "interval": interval}]
 
     def _step_terms(self, x: Tensor) -> dict[str, Tensor]:
-        output = self.codec(x)
+        with compiled_transforms_in(self.codec, self.compiled_transforms):
+            output = self.codec(x)
         self.last_step = (x.detach(), output.detach())
         terms = self.loss(output, x, self.global_step)
         with torch.no_grad():
