@@ -73,7 +73,16 @@ def test_an_installed_wheel_trains_from_another_folder(tmp_path) -> None:
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("licexp-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "licexp/conf/train.yaml" in names and "licexp/conf/quant/tcq.yaml" in names
+    configs = {
+        f"licexp/conf/{path.relative_to(REPO_ROOT / 'conf').as_posix()}"
+        for path in (REPO_ROOT / "conf").rglob("*.yaml")
+        if path.parent.name != "local"  # a researcher's own, ignored by git
+    }
+    assert (
+        "licexp/conf/train.yaml" in configs
+        and "licexp/conf/hydra/launcher/slurm_gpu.yaml" in configs
+    )
+    assert configs - set(names) == set()  # every config, the launcher presets included
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -11,14 +11,19 @@ is started (``python -m licexp.train``, the installed ``licexp-train``, from any
 - Ctrl-C exits with status 130 and SIGTERM with 143 (128 + the signal), the shell's
   convention, after whatever the run saves on its way out;
 - Lightning's banners that say nothing about a licexp run are silenced, and Lightning's
-  messages reach the run's log file as licexp's do.
+  messages reach the run's log file as licexp's do;
+- the job pickles as a reference to its entry point, so launchers that run jobs in other
+  processes (``hydra/launcher=joblib``, ``submitit_local``, ``submitit_slurm``) import it
+  there.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
+import pickle
 import signal
 import sys
 from collections.abc import Callable
@@ -127,19 +132,56 @@ def run_reporting_errors(task: Callable[[], Any], program: str) -> Any:
         raise SystemExit(1) from None
 
 
+def entry_point_module(task: Callable[..., Any]) -> str:
+    """The importable name of the module defining ``task``: under ``python -m licexp.train``
+    it is ``__main__``, whose import name is in its ``__spec__``."""
+    if task.__module__ != "__main__":
+        return task.__module__
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:
+        raise pickle.PicklingError(
+            f"{task.__name__} runs from a file path: start it as `python -m <module>` or by "
+            "its console script to use a launcher that runs jobs in other processes"
+        )
+    return spec.name
+
+
+def imported_job(module: str, name: str, program: str) -> HydraJob:
+    """The :class:`HydraJob` of the entry point ``module.name``, imported in this process."""
+    register_resolvers()
+    entry_point = getattr(importlib.import_module(module), name)
+    return HydraJob(entry_point.__wrapped__, program)  # functools.wraps keeps the task
+
+
+class HydraJob:
+    """The function Hydra runs as a job: ``task`` with licexp's logging and error handling.
+
+    It pickles as (module, name, program), not by value: a launcher that runs jobs in other
+    processes (joblib, submitit) imports the entry point there. By value, cloudpickle would
+    copy ``python -m``'s ``__main__`` with the modules it uses, which fails on torch's.
+    """
+
+    def __init__(self, task: Callable[[DictConfig], Any], program: str) -> None:
+        self.task = task
+        self.program = program
+        functools.update_wrapper(self, task)
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        silence_banners()
+        route_lightning_logs()
+        return run_reporting_errors(lambda: self.task(cfg), self.program)
+
+    def __reduce__(self) -> tuple[Callable[..., HydraJob], tuple[str, str, str]]:
+        return imported_job, (entry_point_module(self.task), self.task.__name__, self.program)
+
+
 def hydra_command(config_name: str, program: str) -> Callable[[Task], Callable[[], Any]]:
     """``hydra.main`` for a licexp entry point: the configs of :data:`CONFIG_PACKAGE`,
     errors and signals as the module docstring says."""
 
     def decorate(task: Task) -> Callable[[], Any]:
-        @functools.wraps(task)
-        def job(cfg: DictConfig) -> Any:
-            silence_banners()
-            route_lightning_logs()
-            return run_reporting_errors(lambda: task(cfg), program)
-
         main = hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name=config_name)(
-            job
+            HydraJob(task, program)
         )
 
         @functools.wraps(task)
