@@ -41,7 +41,7 @@ from licexp.evaluation.metrics import ms_ssim_db
 from licexp.evaluation.plots import plot_rd
 from licexp.evaluation.results import (
     RDCurve,
-    load_curve,
+    load_rd_curve,
     print_results_table,
     save_curve,
     write_per_image_csv,
@@ -115,11 +115,9 @@ def load_curves(paths: Sequence[Path], eval_set_name: str | None = None) -> list
     curves = []
     for path in paths:
         try:
-            curve = load_curve(path)
-        except (OSError, ValueError) as error:
-            raise InputError(f"cannot read curve file {path}: {error}") from error
-        if not curve.bpp or len(curve.psnr) != len(curve.bpp):
-            raise InputError(f"curve file {path} has no bpp and PSNR-RGB points")
+            curve = load_rd_curve(path)
+        except ValueError as error:
+            raise InputError(str(error)) from error
         if eval_set_name and eval_set(curve) is None:
             curve.metadata.setdefault("licexp", {})["eval_set"] = eval_set_name
         curves.append(curve)

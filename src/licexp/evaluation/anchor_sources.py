@@ -23,7 +23,7 @@ from torch import Tensor
 from licexp.data.folder import KODAK_NUM_IMAGES
 from licexp.evaluation.anchor_cache import cached_anchor_curve
 from licexp.evaluation.anchors import ANCHOR_CODECS, AnchorResult
-from licexp.evaluation.results import load_curve
+from licexp.evaluation.results import load_rd_curve
 
 __all__ = [
     "ANCHOR_SOURCES",
@@ -72,12 +72,7 @@ def published_anchor(codec: str, folder: str | Path) -> AnchorResult:
             )
         available = sorted(file.stem for file in folder.glob("*.json"))
         raise FileNotFoundError(f"no published anchor {codec!r} in {folder}; it has {available}")
-    try:
-        curve = load_curve(path)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot read published anchor {path}: {error}") from error
-    if not curve.bpp or len(curve.psnr) != len(curve.bpp):
-        raise ValueError(f"published anchor {path} has no bpp and PSNR-RGB points")
+    curve = load_rd_curve(path, "published anchor")
     curve.description = f"CompressAI's published Kodak results ({path.name}): {curve.description}"
     curve.name = f"published-{codec}"
     curve.metadata.setdefault("licexp", {})["eval_set"] = "Kodak"  # as licexp.rd marks them

@@ -29,6 +29,7 @@ __all__ = [
     "RESULT_KEYS",
     "RDCurve",
     "load_curve",
+    "load_rd_curve",
     "save_curve",
     "write_per_image_csv",
     "interpolate_psnr_at_bpp",
@@ -144,6 +145,18 @@ def load_curve(path: str | Path) -> RDCurve:
         curve = RDCurve.from_json_dict(json.load(handle))
     if not curve.name:
         curve.name = path.stem
+    return curve
+
+
+def load_rd_curve(path: str | Path, what: str = "curve file") -> RDCurve:
+    """:func:`load_curve` for a file that must hold RD points; raises a ``ValueError``
+    naming ``what`` and the file when it cannot be read or has no bpp and PSNR-RGB points."""
+    try:
+        curve = load_curve(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {what} {path}: {error}") from error
+    if not curve.bpp or len(curve.psnr) != len(curve.bpp):
+        raise ValueError(f"{what} {path} has no bpp and PSNR-RGB points")
     return curve
 
 
