@@ -23,8 +23,9 @@ the model a file needs, and the symbol checksum, recomputed while decoding
 (:func:`licexp.backbones.staged_rans.symbol_checksum`), catches a decoder whose entropy
 parameters differ from the encoder's. The header costs 80-130 bytes by the names it
 records (92 for ``MeanScaleHyperprior`` + ``NoiseQuantization`` and 102 with
-``StraightThroughQuantization`` without a run name, 121 with a dated one), counted in ``bpp_file`` but not in ``bpp``, which counts the strings alone
-as CompressAI's ``eval_model`` does.
+``StraightThroughQuantization`` without a run name, 121 with a dated one), counted in
+``bpp_file`` but not in ``bpp``, which counts the strings alone as CompressAI's
+``eval_model`` does.
 """
 
 from __future__ import annotations
