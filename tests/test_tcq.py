@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from licexp.quant.trellis import (
     Trellis,
     candidate_indices,
     decision_cell,
+    exact_window,
     reconstruction_level,
     viterbi,
 )
@@ -108,12 +111,32 @@ def exhaustive_minimum(
     return total.min()
 
 
-def random_problem(length: int, alphabet: int, seed: int):
-    """Targets, scales and a rate-distortion cost over the alphabet, as the codec's."""
+class Problem(NamedTuple):
+    """One chain's targets (in steps, step 1), scales, lambda and its rate-distortion cost."""
+
+    targets: torch.Tensor
+    scales: torch.Tensor
+    rd_lambda: float
+    cost: Callable[[torch.Tensor, int], torch.Tensor]
+    table: torch.Tensor
+    """``[T, 2, 2 a + 1]``: the cost of every index of the alphabet in both quantisers."""
+
+
+def random_problem(
+    length: int,
+    alphabet: int,
+    seed: int,
+    spread: float | None = None,
+    lambdas: tuple[float, float] = (0.0, 2.0),
+) -> Problem:
+    """Targets within ``spread`` steps (default: the alphabet), scales and a rate-distortion
+    cost as the codec's (infinite outside the alphabet), ``lambda`` uniform in ``lambdas``."""
     generator = torch.Generator().manual_seed(seed)
-    targets = (torch.rand(length, generator=generator, dtype=torch.float64) - 0.5) * 2 * alphabet
+    spread = alphabet if spread is None else spread
+    targets = (torch.rand(length, generator=generator, dtype=torch.float64) - 0.5) * 2 * spread
     scales = 0.2 + 3 * torch.rand(length, generator=generator, dtype=torch.float64)
-    rd_lambda = float(torch.rand(1, generator=generator)) * 2
+    low, high = lambdas
+    rd_lambda = low + float(torch.rand(1, generator=generator)) * (high - low)
     coding = TrellisSymbols(step=1.0)
 
     def cost(indices: torch.Tensor, quantiser) -> torch.Tensor:
@@ -125,7 +148,7 @@ def random_problem(length: int, alphabet: int, seed: int):
 
     values = torch.arange(-alphabet, alphabet + 1).expand(length, -1).unsqueeze(0)
     table = torch.stack([cost(values, q)[0] for q in (0, 1)], dim=1)  # [T, 2, K]
-    return targets, cost, table
+    return Problem(targets, scales, rd_lambda, cost, table)
 
 
 @pytest.mark.parametrize("states", [4, 8])
@@ -134,7 +157,7 @@ def test_viterbi_finds_the_minimum_over_every_index_sequence(states, seed) -> No
     """With candidates covering the whole alphabet, the search is exact: its cost equals the
     least cost over all (2 a + 1)^T index sequences (T <= 8)."""
     length, alphabet = (8, 2) if seed % 2 else (6, 3)
-    targets, cost, table = random_problem(length, alphabet, seed)
+    targets, _, _, cost, table = random_problem(length, alphabet, seed)
     trellis = TRELLISES[states]
     path = viterbi(targets.reshape(1, -1), cost, trellis, neighbours=2 * alphabet + 2)
     best = exhaustive_minimum(targets, table, trellis, alphabet)
@@ -146,6 +169,66 @@ def test_viterbi_finds_the_minimum_over_every_index_sequence(states, seed) -> No
         recomputed += table[t, trellis.quantisers[state], k + alphabet].item()
         state = trellis.successors[state][k % 2]
     assert recomputed == pytest.approx(best.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("states", [4, 8])
+def test_at_high_lambda_the_default_search_is_exact_where_one_neighbour_is_not(states) -> None:
+    """lambda / step^2 in [0.45, 2], targets up to 8 steps out: a level nearer zero than the
+    target's neighbours can save enough bits to win. The default search (``exact``) equals
+    the least cost over all 15^4 index sequences of the codec's cost; the fixed window of
+    one level per side (the old default, VVC's) misses it on some of these chains."""
+    trellis = TRELLISES[states]
+    misses = 0
+    for seed in range(4):
+        problem = random_problem(4, 7, seed, spread=8, lambdas=(0.45, 2.0))
+        best = exhaustive_minimum(problem.targets, problem.table, trellis, 7).item()
+        coding = TrellisSymbols(states=states, step=1.0, rd_lambda=problem.rd_lambda)
+        assert coding.exact
+        path = coding.search_chains(problem.targets[None], problem.scales[None, :, None])
+        assert path.cost.item() == pytest.approx(best, rel=1e-12)
+        fixed = viterbi(problem.targets[None], problem.cost, trellis, neighbours=1)
+        misses += fixed.cost.item() > best * (1 + 1e-9)
+    assert misses >= 1
+
+
+@pytest.mark.parametrize("states", [4, 8])
+def test_exact_search_equals_a_window_over_the_whole_alphabet_on_many_chains(states) -> None:
+    """500 chains of 12 at lambda / step^2 up to 2: the exact search's cost equals that of a
+    window covering every index the cost allows (exact by the test above), per chain, and
+    is never above the fixed windows of 1 and 2 levels per side."""
+    generator = torch.Generator().manual_seed(states)
+    targets = (torch.rand(500, 12, generator=generator, dtype=torch.float64) - 0.5) * 16
+    scales = 0.11 + 4 * torch.rand(500, 12, 1, generator=generator, dtype=torch.float64)
+    coding = TrellisSymbols(states=states, step=1.0, rd_lambda=2.0)
+    exact = coding.search_chains(targets, scales).cost
+    alphabet = 8
+
+    def bounded(indices: torch.Tensor, quantiser) -> torch.Tensor:
+        level = reconstruction_level(indices, quantiser).double()
+        bits = -torch.log2(coding.cell_likelihoods(indices, quantiser, scales))
+        cost = (targets.unsqueeze(-1) - level) ** 2 + coding.rd_lambda * bits
+        return torch.where(indices.abs() <= alphabet, cost, torch.inf)
+
+    trellis = TRELLISES[states]
+    wide = viterbi(targets, bounded, trellis, neighbours=2 * alphabet + 2).cost
+    assert torch.allclose(exact, wide, rtol=1e-12)
+    for neighbours in (1, 2):
+        fixed = viterbi(targets, bounded, trellis, neighbours=neighbours).cost
+        assert (exact <= fixed * (1 + 1e-12)).all()
+    assert (viterbi(targets, bounded, trellis, neighbours=1).cost > exact * (1 + 1e-9)).any()
+
+
+def test_exact_window_adds_the_levels_within_the_radius_outside_the_fixed_window() -> None:
+    """Q0, target 5 steps, radius 3.2: levels 2..8 are k = 1..4, the fixed window (one per
+    side) is k = 2, 3, so 1 and 4 are added. Q1, target 0.3, radius 1.5: levels -1, 0, 1
+    (k = -1, 0, 1), fixed window k = 0, 1: -1 is added, the second slot repeats k = 0."""
+    window = exact_window(torch.tensor([5.0]), 0, torch.tensor([3.2]), 1)
+    assert window.tolist() == [[1.0, 4.0]]
+    window = exact_window(torch.tensor([5.0, 0.3]), 1, torch.tensor([0.1, 1.5]), 1)
+    assert window.tolist() == [[3.0], [-1.0]]
+    window = exact_window(torch.tensor([0.3, 5.0]), 1, torch.tensor([1.5, 4.1]), 1)
+    # Q1 levels 1..9 within 5 +- 4.1: k = 1..5; fixed window k = 3, 4.
+    assert window.tolist() == [[-1.0, 0.0, 0.0], [1.0, 2.0, 5.0]]
 
 
 @pytest.mark.parametrize("states", [4, 8])

@@ -143,8 +143,8 @@ def decoder_side_value(quant: str, codec: TinyLIC, latents: dict[str, torch.Tens
         return torch.round(y - means) + means
     if quant == "fourier_qecm":  # v + s(v) of the noisy coded value v = y_qc + u
         return codec.quantizer.from_coded(y_rate, inference=False)
-    assert quant in ("noise", "noise_plus", "tcq"), f"add the training value of {quant} here"
-    return y_rate  # the noisy latent; for tcq the straight-through trellis reconstruction
+    assert quant in ("noise", "noise_plus", "tcq", "rdoq"), f"add the training value of {quant}"
+    return y_rate  # the noisy latent; for tcq / rdoq the straight-through reconstruction
 
 
 @pytest.mark.parametrize("quant", STRATEGIES)
@@ -160,7 +160,7 @@ def test_training_step_shapes_gradients_and_what_the_contexts_see(quant) -> None
         assert ((likelihoods > 0) & (likelihoods <= 1)).all()
     assert set(latents) == {"y", "z", "y_hat", "y_rate", "scales", "means"}
     assert all(latents[name].shape == (2, 24, 4, 8) for name in latents if name != "z")
-    if quant == "tcq":  # its own pmfs; levels on the union grid around the mean, per stage
+    if quant in ("tcq", "rdoq"):  # own pmfs; levels on the step's grid around the mean
         levels = (latents["y_rate"] - latents["means"]) / codec.quantizer.coding.step
         assert torch.allclose(levels, torch.round(levels), atol=1e-4)
     else:

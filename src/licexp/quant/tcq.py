@@ -74,6 +74,22 @@ SEARCH_ELEMENTS = 1 << 19
 """Elements searched at once, in whole chains (a Kodak-sized latent in one group)."""
 
 
+def scale_table(table: Tensor | None, like: Tensor) -> Tensor:
+    """The coder's scale table (CompressAI's default 64 before the tables are built)."""
+    if table is None or table.numel() == 0:
+        table = get_scale_table()
+    return table.to(like.device, like.dtype)
+
+
+def coded_scales(scales: Tensor, table: Tensor | None = None) -> Tensor:
+    """The scale each element's symbol is coded with (the row
+    :func:`~licexp.quant.symbols.scale_table_rows` picks in ``table``); straight-through
+    gradient."""
+    table = scale_table(table, scales)
+    coded = table[scale_table_rows(scales, table)]
+    return scales + (coded - scales).detach()
+
+
 @dataclass(frozen=True)
 class TrellisSearch:
     """The outcome of the trellis search over a latent, in the layout of its chains."""
@@ -95,6 +111,10 @@ class TrellisSymbols(SymbolCoding):
         neighbours: candidate levels of a state's quantiser on each side of the target
             (plus zero).
         scan: ``"row"`` or ``"plane"``, the chains (module docstring).
+        exact: widen the candidates to every level that can be optimal (the rate is at
+            least 0 bits, so the cost is at least ``step^2`` times the squared distance
+            in steps; :func:`~licexp.quant.trellis.exact_radius`): the search then finds
+            the least cost over all index sequences. ``False``: the fixed window only.
     """
 
     states: int = 8
@@ -102,6 +122,7 @@ class TrellisSymbols(SymbolCoding):
     rd_lambda: float = 0.025
     neighbours: int = 1
     scan: str = "row"
+    exact: bool = True
 
     def __post_init__(self) -> None:
         if self.states not in TRELLISES:
@@ -123,21 +144,6 @@ class TrellisSymbols(SymbolCoding):
         """``[B, ..., H, W] -> [B, R, T]``: each image's chains (``T = W`` or ``H W``)."""
         length = x.size(-1) if self.scan == "row" else x.size(-1) * x.size(-2)
         return x.reshape(x.size(0), -1, length)
-
-    @staticmethod
-    def scale_table(table: Tensor | None, like: Tensor) -> Tensor:
-        """The coder's scale table (CompressAI's default 64 before the tables are built)."""
-        if table is None or table.numel() == 0:
-            table = get_scale_table()
-        return table.to(like.device, like.dtype)
-
-    def coded_scales(self, scales: Tensor, table: Tensor | None = None) -> Tensor:
-        """The scale each element's symbol is coded with (the row
-        :func:`~licexp.quant.symbols.scale_table_rows` picks in ``table``); straight-through
-        gradient."""
-        table = self.scale_table(table, scales)
-        coded = table[scale_table_rows(scales, table)]
-        return scales + (coded - scales).detach()
 
     def cell_likelihoods(
         self, indices: Tensor, quantisers: Tensor, scales: Tensor, shift: Tensor | float = 0.0
@@ -178,7 +184,8 @@ class TrellisSymbols(SymbolCoding):
             bits = -torch.log2(self.cell_likelihoods(indices, quantiser, scales.expand_as(level)))
             return distortion + self.rd_lambda * bits
 
-        return viterbi(residual / self.step, branch_cost, self.trellis, self.neighbours)
+        weight = self.step**2 if self.exact else None
+        return viterbi(residual / self.step, branch_cost, self.trellis, self.neighbours, weight)
 
     def reconstruct(
         self, search: TrellisSearch, parameters: EntropyParameters, like: Tensor
@@ -190,7 +197,7 @@ class TrellisSymbols(SymbolCoding):
 
     def indexes(self, quantisers: Tensor, scales: Tensor, model: GaussianTableModel) -> Tensor:
         """The CDF table of each symbol: its quantiser's block, its scale's row."""
-        rows = self.chains(scale_table_rows(scales, self.scale_table(model.scale_table, scales)))
+        rows = self.chains(scale_table_rows(scales, scale_table(model.scale_table, scales)))
         return (quantisers * model.num_scales + rows).int()
 
     def cdf_tables(self, model: GaussianTableModel) -> CdfTables:
@@ -220,7 +227,7 @@ class TrellisSymbols(SymbolCoding):
     def encode(
         self, coded: Tensor, parameters: EntropyParameters, model: GaussianTableModel
     ) -> SymbolEncoding:
-        scales = self.coded_scales(parameters.scales, model.scale_table)
+        scales = coded_scales(parameters.scales, model.scale_table)
         coded_with = EntropyParameters(scales, parameters.means)
         search = self.search(coded, coded_with)
         likelihoods = self.cell_likelihoods(
@@ -238,7 +245,7 @@ class TrellisSymbols(SymbolCoding):
     ) -> Tensor:
         """Reads one symbol of every chain per step, each with its state's table."""
         scales = parameters.scales
-        table = self.scale_table(model.scale_table, scales)
+        table = scale_table(model.scale_table, scales)
         scale_rows = self.chains(scale_table_rows(scales, table))
         batch, rows, length = scale_rows.shape
         quantiser_of = self.trellis.quantiser_table(scales.device)
@@ -259,7 +266,7 @@ class TrellisCodedQuantization(QuantizationStrategy):
     """TCQ at inference, the straight-through trellis in training (module docstring).
 
     Args: those of :class:`TrellisSymbols` (``quant.states``, ``quant.step``,
-    ``quant.rd_lambda``, ``quant.neighbours``, ``quant.scan``).
+    ``quant.rd_lambda``, ``quant.neighbours``, ``quant.scan``, ``quant.exact``).
     """
 
     def __init__(
@@ -269,9 +276,10 @@ class TrellisCodedQuantization(QuantizationStrategy):
         rd_lambda: float = 0.025,
         neighbours: int = 1,
         scan: str = "row",
+        exact: bool = True,
     ) -> None:
         super().__init__()
-        self.coding = TrellisSymbols(states, step, rd_lambda, neighbours, scan)
+        self.coding = TrellisSymbols(states, step, rd_lambda, neighbours, scan, exact)
 
     @property
     def symbol_coding(self) -> TrellisSymbols:
@@ -282,7 +290,7 @@ class TrellisCodedQuantization(QuantizationStrategy):
     ) -> QuantizedLatent:
         del likelihood_fn
         coding = self.coding
-        parameters = EntropyParameters(coding.coded_scales(parameters.scales), parameters.means)
+        parameters = EntropyParameters(coded_scales(parameters.scales), parameters.means)
         fixed = parameters.map(Tensor.detach)
         search = coding.search(coded.detach(), fixed)
         reconstruction = coding.reconstruct(search, fixed, coded)

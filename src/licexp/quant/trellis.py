@@ -21,6 +21,10 @@ The encoder (:func:`viterbi`) chooses the index sequence of each chain minimisin
 once in vectorised torch (CPU or CUDA alike). Per element and state the candidates are
 zero and the ``2 n`` indices of the state's quantiser nearest to the target, ``n`` on each
 side (``neighbours``; VVC's choice is ``n = 1``: two levels around the target, plus zero).
+A fixed window can miss the optimum when ``lambda`` is large against the step (a level
+farther away may save enough bits); given a lower bound on the cost's distortion
+(``distortion_weight``), :func:`viterbi` widens the window to every level that can be
+optimal (:func:`exact_window`), and the search is exact.
 """
 
 from __future__ import annotations
@@ -96,6 +100,12 @@ def decision_cell(indices: Tensor, quantisers: Tensor | int) -> tuple[Tensor, Te
     return lower, upper
 
 
+def inverse_level(levels: Tensor, quantiser: int) -> Tensor:
+    """The continuous inverse of :func:`reconstruction_level`, non-decreasing in the level:
+    ``u / 2`` in Q0, ``(u + sgn(u)) / 2`` in Q1; it maps index ``k``'s level to ``k``."""
+    return levels / 2 if quantiser == 0 else (levels + torch.sign(levels)) / 2
+
+
 def candidate_indices(targets: Tensor, quantiser: int, neighbours: int = 1) -> Tensor:
     """Zero and the ``2 n`` indices of ``quantiser`` around each target (in step units).
 
@@ -106,11 +116,55 @@ def candidate_indices(targets: Tensor, quantiser: int, neighbours: int = 1) -> T
     """
     if neighbours < 1:
         raise ValueError(f"neighbours must be >= 1, got {neighbours}")
-    inverse = targets / 2 if quantiser == 0 else (targets + torch.sign(targets)) / 2
-    base = torch.floor(inverse)
+    base = torch.floor(inverse_level(targets, quantiser))
     window = torch.arange(1 - neighbours, neighbours + 1, device=targets.device)
     around = base.unsqueeze(-1) + window.to(targets.dtype)
     return torch.cat([around, torch.zeros_like(around[..., :1])], dim=-1)
+
+
+def exact_window(targets: Tensor, quantiser: int, radius: Tensor, neighbours: int) -> Tensor:
+    """The indices of ``quantiser`` whose levels lie within ``radius`` of their target and
+    outside :func:`candidate_indices`'s window of ``neighbours``.
+
+    Levels increase with the index, so the levels within the radius are the contiguous
+    indices ``ceil(f(u - r)) .. floor(f(u + r))`` (``f`` = :func:`inverse_level`); the
+    fixed window is ``b - n + 1 .. b + n``, ``b = floor(f(u))``. Returns ``[..., W]``, the
+    indices below the fixed window and then those above it, ``W`` the most of any element;
+    an element with fewer repeats ``b`` (a duplicate candidate changes no minimum).
+    """
+    base = torch.floor(inverse_level(targets, quantiser))
+    low = torch.ceil(inverse_level(targets - radius, quantiser))
+    high = torch.floor(inverse_level(targets + radius, quantiser))
+    below = (base - neighbours + 1 - low).clamp_min(0)
+    above = (high - base - neighbours).clamp_min(0)
+    width = int((below + above).max().item()) if targets.numel() else 0
+    slot = torch.arange(width, device=targets.device).to(targets.dtype)
+    lower = low.unsqueeze(-1) + slot
+    upper = (base + neighbours + 1 - below).unsqueeze(-1) + slot
+    index = torch.where(slot < below.unsqueeze(-1), lower, upper)
+    return torch.where(slot < (below + above).unsqueeze(-1), index, base.unsqueeze(-1))
+
+
+def exact_radius(
+    targets: Tensor, candidates: Tensor, cost: Tensor, distortion_weight: float
+) -> Tensor:
+    """The radius (in steps) beyond which no index can be the cheapest of its parity, given
+    the ``cost`` of some ``candidates`` of one quantiser and a cost ``>= w (u - level(k))^2``.
+
+    Proof: let ``J_p`` be the least cost of the candidates of parity ``p``. An index ``k``
+    of parity ``p`` whose level lies farther than ``sqrt(J_p / w)`` from the target costs
+    ``J(k) >= w (u - level(k))^2 > J_p``, so it is not the cheapest index of its parity,
+    the only one the Viterbi keeps (both edges of one parity lead to the same successor).
+    The radius is the larger of the two parities'; a parity whose candidates all cost
+    infinity adds nothing (exact only if every index of that parity does).
+    """
+    odd = torch.remainder(candidates, 2) != 0
+    radius = targets.new_zeros(targets.shape)
+    for wrong in (odd, ~odd):
+        least = cost.masked_fill(wrong, torch.inf).amin(dim=-1)
+        reach = torch.sqrt(least.clamp_min(0) / distortion_weight)
+        radius = torch.maximum(radius, torch.where(torch.isfinite(reach), reach, 0))
+    return radius
 
 
 BranchCost = Callable[[Tensor, int], Tensor]
@@ -131,7 +185,11 @@ class TrellisPath:
 
 
 def viterbi(
-    targets: Tensor, branch_cost: BranchCost, trellis: Trellis, neighbours: int = 1
+    targets: Tensor,
+    branch_cost: BranchCost,
+    trellis: Trellis,
+    neighbours: int = 1,
+    distortion_weight: float | None = None,
 ) -> TrellisPath:
     """The minimum-cost index sequence of every chain (rows of ``targets``, in step units).
 
@@ -140,9 +198,16 @@ def viterbi(
     the same successor; the trellis then has two edges into every state, and the dynamic
     programme keeps the cheaper of the two per state and element. Ties go to the first
     edge (and the first candidate). Memory: ``O(N T S)`` for ``S`` states.
+
+    ``distortion_weight`` ``w``, where ``branch_cost(k) >= w (u - level(k))^2`` for every
+    index (TCQ's cost: ``w = step^2``, as its rate term is at least zero), adds to the
+    window every index that can be the cheapest of its parity (:func:`exact_radius`), so
+    the search is exact; without it the window is fixed.
     """
     if targets.dim() != 2:
         raise ValueError(f"targets must be [chains, length], got {tuple(targets.shape)}")
+    if distortion_weight is not None and not distortion_weight > 0:
+        raise ValueError(f"distortion_weight must be > 0, got {distortion_weight}")
     chains, length = targets.shape
     device = targets.device
     best_cost = targets.new_empty(chains, length, 2, 2)
@@ -150,6 +215,11 @@ def viterbi(
     for quantiser in (0, 1):
         candidates = candidate_indices(targets, quantiser, neighbours)
         cost = branch_cost(candidates, quantiser)
+        if distortion_weight is not None:
+            radius = exact_radius(targets, candidates, cost, distortion_weight)
+            window = exact_window(targets, quantiser, radius, neighbours)
+            candidates = torch.cat([candidates, window], dim=-1)
+            cost = torch.cat([cost, branch_cost(window, quantiser)], dim=-1)
         odd = torch.remainder(candidates, 2) != 0
         for parity, wrong in ((0, odd), (1, ~odd)):
             value, choice = cost.masked_fill(wrong, torch.inf).min(dim=-1)
