@@ -3,7 +3,7 @@ with trellis-coded quantisation, on real bitstreams.
 
     .venv/bin/python experiments/tcq_inference.py <run or sweep dir>... [--out DIR]
         [--states 4 8] [--steps 0.5] [--rd-lambdas 0 0.05 0.1 0.2] [--scans row plane]
-        [--neighbours 1 2] [--images N]
+        [--neighbours 1 2] [--fixed-window] [--images N]
 
 Every ``checkpoints/last.ckpt`` below the given folders is loaded once with its trained
 strategy (the scalar baseline: ``noise`` codes ``round(y)``), once with ``noise_plus``
@@ -75,7 +75,10 @@ def codings(args: argparse.Namespace):
         label = f"tcq{n}-{scan}-step{step:g}-lambda{rd_lambda:g}"
         if neighbours != 1:
             label += f"-n{neighbours}"
-        yield label, TrellisCodedQuantization(n, step, rd_lambda, neighbours, scan)
+        if args.fixed_window:
+            label += "-fixed"
+        exact = not args.fixed_window
+        yield label, TrellisCodedQuantization(n, step, rd_lambda, neighbours, scan, exact)
 
 
 def measure(
@@ -217,6 +220,11 @@ def main() -> None:
     parser.add_argument("--steps", type=float, nargs="+", default=[0.5])
     parser.add_argument("--rd-lambdas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2])
     parser.add_argument("--neighbours", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--fixed-window",
+        action="store_true",
+        help="search only --neighbours levels per side (quant.exact=false), as before 2026-12-06",
+    )
     parser.add_argument("--scans", nargs="+", default=["row"], choices=["row", "plane"])
     parser.add_argument("--images", type=int, default=None, help="only the first N images")
     parser.add_argument(

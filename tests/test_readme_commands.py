@@ -181,11 +181,12 @@ RUNS: dict[str, Run] = {
     ),
     TCQ_SWEEP: Run(SMOKE_EVALUATED, jobs=3),
     "python experiments/tcq_inference.py $S --states 8 --steps 0.45 0.5 0.56 --rd-lambdas 0 "
-    "0.025 0.05 0.1 --out experiments/results/tcq_inference": Run("--images 1", {"$S": TCQ_SWEEP}),
-    "python experiments/tcq_inference.py $S/1 --states 4 8 --steps 0.5 --rd-lambdas 0.05 "
-    "--scans row plane --neighbours 1 2 --out experiments/results/tcq_inference/variants": Run(
+    "0.025 0.05 0.1 --fixed-window --out experiments/results/tcq_inference": Run(
         "--images 1", {"$S": TCQ_SWEEP}
     ),
+    "python experiments/tcq_inference.py $S/1 --states 4 8 --steps 0.5 --rd-lambdas 0.05 "
+    "--scans row plane --neighbours 1 2 --fixed-window "
+    "--out experiments/results/tcq_inference/variants": Run("--images 1", {"$S": TCQ_SWEEP}),
     "python -m licexp.train -m experiment=jiang data.train.root=/data/photos "
     "ablation=baseline,fexm_frm,fenm_without_feature_loss,fenm,qecm "
     "lmbda=0.0035,0.0067,0.013,0.0483": Run(f"{SMOKE} backbone=jiang_small {GPU_RECIPE}", jobs=20),
