@@ -6,9 +6,10 @@ Measures in this process, on the CPU:
 
 1. parameters and GMACs of one 768x512 forward pass (:func:`licexp.complexity.count_macs`:
    convolutions and matrix products, neighbourhood attention as ``2 H W k^2 C``) for
-   Tiny-LIC, the cumulative rows of Table IV (``+FExM``, ``+FRM``, ``+FEnM``, ``+QECM``:
-   Jiang et al.'s modules on Tiny-LIC's ICSA units, as the table lists no ICRSA) and the
-   two full codecs, ``jiang_tiny`` and ``jiang`` (ICRSA units);
+   Tiny-LIC, the cumulative rows of Table IV (``+FExM``, ``+FRM``, ``+FEnM``, ``+QECM``),
+   composed from Table V's rows (``conf/ablation/``, Jiang et al.'s modules on Tiny-LIC's
+   ICSA units: one definition for both tables, ``conf/ablation/baseline.yaml`` says why),
+   and the two full codecs, ``jiang_tiny`` and ``jiang`` (ICRSA units);
 2. the training step (forward, RD loss, backward, both optimiser steps; 256x256 crops,
    batch 8) and the real-bitstream encoding and decoding time of a 768x512 image (kodim01
    when ../shared holds it; untrained weights) for ``tiny_lic``, ``jiang_tiny``, ``jiang``.
@@ -34,23 +35,16 @@ from tiny_lic import coding_image, coding_times, step_times  # noqa: E402
 
 from licexp.complexity import count_macs, parameter_count  # noqa: E402
 
-ON_ICSA = ["backbone.unit=icsa"]
-TABLE_IV = [  # label, backbone, quant, overrides, paper parameters (M), paper GMACs
-    ("Tiny-LIC (`tiny_lic`)", "tiny_lic", "ste", [], 28.3, 192),
-    (
-        "+FExM",
-        "jiang",
-        "ste",
-        [*ON_ICSA, "backbone.refinement=false", "backbone.enhancement=false"],
-        None,
-        236,
-    ),
-    ("+FRM", "jiang", "ste", [*ON_ICSA, "backbone.enhancement=false"], None, 347),
-    ("+FEnM", "jiang", "ste", ON_ICSA, None, 355),
-    ("+QECM", "jiang", "fourier_qecm", ON_ICSA, None, 356),
-    ("Proposed-Tiny (`jiang_tiny`)", "jiang_tiny", "fourier_qecm", [], 33.5, None),
-    ("Proposed (`jiang`)", "jiang", "fourier_qecm", [], 49.5, None),
+TABLE_IV = [  # label, backbone, overrides, paper parameters (M), paper GMACs
+    ("Tiny-LIC (`ablation=baseline`)", "tiny_lic", ["ablation=baseline"], 28.3, 192),
+    ("+FExM", "jiang", ["ablation=fexm_frm", "backbone.refinement=false"], None, 236),
+    ("+FRM (`ablation=fexm_frm`)", "jiang", ["ablation=fexm_frm"], None, 347),
+    ("+FEnM (`ablation=fenm`)", "jiang", ["ablation=fenm"], None, 355),
+    ("+QECM (`ablation=qecm`)", "jiang", ["ablation=qecm"], None, 356),
+    ("Proposed-Tiny (`jiang_tiny`)", "jiang_tiny", [], 33.5, None),
+    ("Proposed (`jiang`)", "jiang", [], 49.5, None),
 ]
+"""The rows of Table IV: Table V's rows (``experiment=jiang ablation=...``) where they meet."""
 TIMED = [
     ("tiny_lic", "ste", 0.17, 0.12),
     ("jiang_tiny", "fourier_qecm", 0.20, 0.15),
@@ -62,7 +56,9 @@ NOTES = """\
 Against the paper: the counter gives Tiny-LIC 11 % fewer MACs than the paper's 192 G
 (the paper does not say what its count includes). Table IV's increments are +10 / +215 /
 +61 / +0 G here against +44 / +111 / +8 / +1 G: the FExM and FRM run at 32 channels
-(`feature_channels`; the paper gives no width), the ARB's fourteen 3x3x3 convolutions on
+(`feature_channels`: the paper's N = 128 of Sections III.C and IV.A would make `jiang`
+58.6M parameters and 4016 G, the FRM alone +3427 G, contradicting its Tables III and IV;
+`conf/backbone/jiang.yaml`), the ARB's fourteen 3x3x3 convolutions on
 five frames at 1/2 scale dominate, and FEnM's dense blocks and 3x3 convolution run at
 N = 128 channels at 1/2 scale (the convolution alone is 14.5 G); the QECM adds only
 element-wise sines, which no MAC counter counts. ICRSA adds 223 G (`jiang` against
@@ -82,8 +78,9 @@ def small(backbone: str) -> str:
     ]
 
 
-def macs_row(label, backbone, quant, overrides, paper_params, paper_macs, image) -> str:
-    cfg = compose_train([f"backbone={backbone}", f"quant={quant}", *overrides])
+def macs_row(label, backbone, overrides, paper_params, paper_macs, image) -> str:
+    """A row's parameters and GMACs; ``backbone`` replaces the row's own (the small ones)."""
+    cfg = compose_train(["experiment=jiang", *overrides, f"backbone={backbone}"])
     torch.manual_seed(0)
     codec = hydra.utils.instantiate(cfg.backbone, quantizer=hydra.utils.instantiate(cfg.quant))
     params, macs = parameter_count(codec) / 1e6, count_macs(codec, image) / 1e9
@@ -107,7 +104,7 @@ def main() -> None:
     image = torch.rand(1, 3, height, width)
     rows = TABLE_IV
     if args.quick:
-        rows = [(label, small(b), q, o, p, m) for label, b, q, o, p, m in TABLE_IV]
+        rows = [(label, small(b), o, p, m) for label, b, o, p, m in TABLE_IV]
     macs_lines = []
     for row in rows:
         macs_lines.append(macs_row(*row, image))
@@ -136,8 +133,9 @@ def main() -> None:
             "",
             f"Parameters and GMACs of one {width}x{height} forward pass (torch's FlopCounterMode;",
             "neighbourhood attention counted as `2 H W k^2 C`, element-wise work not counted)",
-            "against Tables III and IV. The Table IV rows add the modules to Tiny-LIC's ICSA",
-            "units, as the table lists no ICRSA; the full codecs have ICRSA units:",
+            "against Tables III and IV. The Table IV rows are Table V's (`conf/ablation/`): the",
+            "modules on Tiny-LIC's ICSA units, as neither table lists ICRSA; the full codecs",
+            "have ICRSA units:",
             "",
             "| model | parameters (M) | paper (M) | GMACs | paper GMACs |",
             "|---|---|---|---|---|",

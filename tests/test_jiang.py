@@ -3,6 +3,7 @@ paper, training with every strategy, the feature loss and its schedule, real bit
 
 from __future__ import annotations
 
+import copy
 import csv
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import torch
 from helpers import code_and_decode, compose_train, option_names, run_training
 
 from licexp.backbones import JiangLIC, TinyLIC
-from licexp.backbones.concatenated_residual import ConcatenatedResidual
+from licexp.backbones.concatenated_residual import ConcatenatedResidual, absorb_crm_gain
 from licexp.backbones.jiang.enhancement import DenseBlock, FeatureEnhancement
 from licexp.backbones.jiang.extraction import (
     FeatureExtraction,
@@ -113,10 +114,45 @@ def test_dense_block_reads_every_earlier_output_and_fenm_keeps_the_width() -> No
     assert [layer[0].in_channels for layer in block.layers] == [8, 12, 16]
     assert block.fuse.in_channels == 20 and block.fuse.out_channels == 8
     enhancement = FeatureEnhancement(8, blocks=2, layers=3, growth=4)
-    torch.nn.init.zeros_(enhancement.out.weight)
-    torch.nn.init.zeros_(enhancement.out.bias)
     x = torch.rand(1, 8, 5, 5)
-    assert torch.equal(enhancement(x), x)  # the global shortcut
+    # The global shortcut: FEnM starts as the identity (its last conv at zero), then learns.
+    assert torch.equal(enhancement(x), x)
+    torch.nn.init.normal_(enhancement.out.weight)
+    assert not torch.allclose(enhancement(x), x)
+
+
+def test_an_icrsa_unit_starts_with_the_gain_of_its_icsa_unit() -> None:
+    """A CRM starts at about 2x; the convolution beside it, halved, brings the unit's output
+    back to the scale of the convolution alone (the ICSA unit): before it in an analysis
+    unit, after it (past an FEnM, the identity at its start) in a synthesis unit."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 8, 8)
+    assert 1.9 < ConcatenatedResidual(16)(x).std() / x.std() < 2.3
+    conv = torch.nn.Conv2d(3, 16, 3, stride=2, padding=1)
+    deconv = torch.nn.ConvTranspose2d(16, 3, 3, stride=2, padding=1, output_padding=1)
+    image = torch.rand(2, 3, 16, 16)
+    analysis = torch.nn.Sequential(copy.deepcopy(conv), ConcatenatedResidual(16))
+    synthesis = torch.nn.Sequential(
+        ConcatenatedResidual(16), FeatureEnhancement(16, 1, 2, 4), copy.deepcopy(deconv)
+    )
+
+    def gains() -> tuple[float, float]:
+        """Output scale of each unit over that of its convolution alone."""
+        return (
+            (analysis(image).std() / conv(image).std()).item(),
+            (synthesis(x).std() / deconv(x).std()).item(),
+        )
+
+    assert all(1.8 < gain < 2.5 for gain in gains())
+    absorb_crm_gain(analysis, analysis=True)
+    absorb_crm_gain(synthesis, analysis=False, transparent=(FeatureEnhancement,))
+    assert all(0.85 < gain < 1.25 for gain in gains())
+    assert torch.equal(analysis[0].weight, conv.weight / 2)
+    assert torch.equal(analysis[0].bias, conv.bias / 2)
+    assert torch.equal(synthesis[2].weight, deconv.weight / 2)
+    assert torch.equal(synthesis[2].bias, deconv.bias)  # conv'(2 h) = W / 2 * 2 h + b
+    with pytest.raises(ValueError, match="no convolution beside the CRM at index 0"):
+        absorb_crm_gain(torch.nn.Sequential(ConcatenatedResidual(8)), analysis=False)
 
 
 def count_modules(codec: torch.nn.Module, kind: type) -> int:
@@ -142,6 +178,17 @@ def test_paper_settings_against_table_iii_and_the_published_structure() -> None:
     assert jiang.downsampling_factor == 256 and jiang.minimum_side == 192
     # b = 3: y at 1/24, z at 1/96; sides of multiples of 96 * 4 = 384 hold the 7x7 and 3x3.
     assert padding_multiple(7, 3, first_stride=3) == 384
+
+
+@pytest.mark.slow
+def test_every_ablation_row_keeps_icsa_units_and_the_recipe_runs_600_epochs() -> None:
+    """Tables IV and V add their modules to Tiny-LIC's ICSA units (conf/ablation/baseline.yaml;
+    the baseline is Tiny-LIC itself); experiment=jiang's steps are 600 epochs of the paper's
+    1M patches at its batch size."""
+    for row in ("fexm_frm", "fenm_without_feature_loss", "fenm", "qecm"):
+        cfg = compose_train(["experiment=jiang", f"ablation={row}"])
+        assert (cfg.backbone._target_, cfg.backbone.unit) == ("licexp.backbones.JiangLIC", "icsa")
+        assert cfg.trainer.max_steps == 600 * 1_000_000 // cfg.data.batch_size
 
 
 def test_the_icsa_unit_leaves_tiny_lic_as_it_is() -> None:

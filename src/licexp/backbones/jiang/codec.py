@@ -20,6 +20,10 @@ and ``y`` sit at ``1/b`` and ``1/(8 b)`` of the image (Tiny-LIC's ``1/2`` and ``
 (:func:`~licexp.backbones.tiny_lic.padding_multiple`). ``forward`` returns the refined
 feature ``f`` and the enhanced ``f_e_hat`` in ``CodecOutput.features`` for the feature loss
 (Eq. 17) when FEnM is on.
+
+FEnM starts as the identity and the convolution beside each CRM at half its weight, so
+that the untrained codec's activations are, like Tiny-LIC's, of order one
+(:mod:`licexp.backbones.concatenated_residual`, :mod:`.enhancement`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 from torch import nn
 
+from licexp.backbones.concatenated_residual import absorb_crm_gain
 from licexp.backbones.jiang.enhancement import FeatureEnhancement
 from licexp.backbones.jiang.extraction import FeatureExtraction, InverseFeatureExtraction
 from licexp.backbones.jiang.refinement import AttentionRefinementBlock, StackToFeature
@@ -41,7 +46,8 @@ class JiangLIC(TinyLIC):
     Args:
         unit: ``icrsa`` (Proposed), ``icrsa_conv`` (Proposed-Tiny) or ``icsa`` (Tiny-LIC's).
         patch_size: ``b`` (2 for Kodak, 3 for CLIC in the paper).
-        feature_channels: width ``C`` of the FExM features and of the FRM.
+        feature_channels: width ``C`` of the FExM features and of the FRM (the paper's
+            ``N = 128`` contradicts its Tables III and IV; ``conf/backbone/jiang.yaml``).
         extraction_convolutions: 3x3 convolutions per sub-image (2; Proposed-Tiny 1).
         refinement: the FRM's attention refinement block (off: the stacked features are
             folded to ``f`` directly, Table IV's "+FExM" row).
@@ -103,3 +109,7 @@ class JiangLIC(TinyLIC):
         )
         self.enhances_features = enhancement
         self.patch_size = patch_size
+        for transform in (self.g_a, self.h_a):
+            absorb_crm_gain(transform, analysis=True)
+        for transform in (self.g_s, self.h_s):
+            absorb_crm_gain(transform, analysis=False, transparent=(FeatureEnhancement,))

@@ -7,7 +7,10 @@ the encoder's refined feature ``f``. The paper gives no layers; each dense block
 a residual dense block (Zhang et al.'s RDN): ``layers`` 3x3 convolutions with PReLU, each
 reading the block input and every earlier output (``growth`` channels each), a 1x1 fusion
 back to the block width and a shortcut over the block. The module is
-``x + conv3x3(DB_K(...DB_1(x)))``, ``K = 2`` (Proposed-Tiny: 1).
+``x + conv3x3(DB_K(...DB_1(x)))``, ``K = 2`` (Proposed-Tiny: 1). Its last convolution starts
+at zero, the zero-initialised residual branch of Goyal et al. ("Accurate, large minibatch
+SGD", 2017) and Fixup (Zhang et al., 2019), so FEnM starts as the identity: the dense
+blocks' shortcuts would otherwise add their input to the decoded feature once more.
 """
 
 from __future__ import annotations
@@ -37,12 +40,15 @@ class DenseBlock(nn.Module):
 
 
 class FeatureEnhancement(nn.Module):
-    """FEnM: ``x + conv3x3(DB_K(...DB_1(x)))`` at the decoded feature's width."""
+    """FEnM: ``x + conv3x3(DB_K(...DB_1(x)))`` at the decoded feature's width; the identity
+    at initialisation."""
 
     def __init__(self, channels: int, blocks: int = 2, layers: int = 4, growth: int = 32) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*(DenseBlock(channels, layers, growth) for _ in range(blocks)))
         self.out = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.out(self.blocks(x))

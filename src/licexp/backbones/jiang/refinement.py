@@ -18,7 +18,9 @@ refinement block (ARB), all in 3D convolutions with PReLU activations:
   with three bottleneck residual units per branch (1x1x1, 3x3x3 at half width, 1x1x1).
 
 The order of CA, SA and FA and the place of the global residual are read from Fig. 4's
-description; the paper gives no widths. :class:`StackToFeature` then reshapes the output
+description. The paper gives the features ``N = 128`` channels (Sections III.C, IV.A), which
+contradicts its Tables III and IV; the width ``C`` is a setting (``feature_channels``, 32:
+``conf/backbone/jiang.yaml`` says why). :class:`StackToFeature` then reshapes the output
 to 2D, folding the time axis into the channels, and a 1x1 convolution gives the refined
 feature ``f`` of ``N`` channels that ``g_a`` continues from.
 """
