@@ -136,3 +136,25 @@ def compressai_eval_model():
     torch.set_num_threads(threads)
     torch.backends.cudnn.deterministic = deterministic
     return module
+
+
+def check_straight_through_training(strategy) -> None:
+    """An inference-time search strategy (TCQ, RDOQ) in training: the decoder sees the
+    encoder's hard reconstruction, the rate is its indices' code length, the gradient reaches
+    ``y`` as the identity and the entropy parameters through the cells' likelihoods."""
+    from licexp.quant import EntropyParameters
+
+    torch.manual_seed(2)
+    y = (torch.randn(2, 3, 4, 6) * 2).requires_grad_(True)
+    means = torch.randn(2, 3, 4, 6).requires_grad_(True)
+    scales = (torch.rand(2, 3, 4, 6) + 0.5).requires_grad_(True)
+    parameters = EntropyParameters(scales, means)
+    trained = strategy.quantize_train(y, parameters, None)
+    hard = strategy.symbol_coding.encode(
+        y.detach(), parameters.map(torch.Tensor.detach), gaussian_table_model()
+    )
+    assert torch.allclose(trained.decoder_input.detach(), hard.reconstruction, atol=1e-6)
+    assert torch.allclose(trained.likelihoods.detach(), hard.likelihoods)
+    (trained.decoder_input.sum() - torch.log2(trained.likelihoods).sum()).backward()
+    assert torch.equal(y.grad, torch.ones_like(y)), "identity gradient through the search"
+    assert means.grad.abs().sum() > 0 and scales.grad.abs().sum() > 0

@@ -8,10 +8,14 @@ import itertools
 import pytest
 import torch
 from golden_bitstreams import golden_codec, golden_image
-from helpers import code_and_decode, compose_train, gaussian_table_model
+from helpers import (
+    check_straight_through_training,
+    code_and_decode,
+    compose_train,
+    gaussian_table_model,
+)
 from hydra.utils import instantiate
 
-from licexp.quant import EntropyParameters
 from licexp.quant.rdoq import RateDistortionScalarQuantization, RateDistortionScalarSymbols
 
 GAUSSIAN = gaussian_table_model()
@@ -80,19 +84,7 @@ def test_rdoq_bitstreams_decode_bit_exactly(backbone) -> None:
 
 
 def test_training_path_is_straight_through_rdoq_with_its_code_length() -> None:
-    torch.manual_seed(2)
-    strategy = RateDistortionScalarQuantization(step=1.0, rd_lambda=0.2)
-    y = (torch.randn(2, 3, 4, 6) * 2).requires_grad_(True)
-    means = torch.randn(2, 3, 4, 6).requires_grad_(True)
-    scales = (torch.rand(2, 3, 4, 6) + 0.5).requires_grad_(True)
-    parameters = EntropyParameters(scales, means)
-    trained = strategy.quantize_train(y, parameters, None)
-    hard = strategy.symbol_coding.encode(y.detach(), parameters.map(torch.Tensor.detach), GAUSSIAN)
-    assert torch.allclose(trained.decoder_input.detach(), hard.reconstruction, atol=1e-6)
-    assert torch.allclose(trained.likelihoods.detach(), hard.likelihoods)
-    (trained.decoder_input.sum() - torch.log2(trained.likelihoods).sum()).backward()
-    assert torch.equal(y.grad, torch.ones_like(y))
-    assert means.grad.abs().sum() > 0 and scales.grad.abs().sum() > 0
+    check_straight_through_training(RateDistortionScalarQuantization(step=1.0, rd_lambda=0.2))
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,12 @@ import pytest
 import torch
 from compressai.entropy_models import GaussianConditional
 from golden_bitstreams import golden_codec, golden_image
-from helpers import code_and_decode, compose_train, gaussian_table_model
+from helpers import (
+    check_straight_through_training,
+    code_and_decode,
+    compose_train,
+    gaussian_table_model,
+)
 from hydra.utils import instantiate
 from test_evaluation import smooth_image, train_toy_codec
 
@@ -410,19 +415,7 @@ def test_damaged_tcq_bitstreams_are_refused_with_a_clear_error(trained_tcq_codec
 
 
 def test_training_path_is_the_straight_through_trellis_with_its_code_length() -> None:
-    torch.manual_seed(2)
-    strategy = TrellisCodedQuantization(states=4, step=0.5, rd_lambda=0.1)
-    y = (torch.randn(2, 3, 4, 6) * 2).requires_grad_(True)
-    means = torch.randn(2, 3, 4, 6).requires_grad_(True)
-    scales = (torch.rand(2, 3, 4, 6) + 0.5).requires_grad_(True)
-    parameters = EntropyParameters(scales, means)
-    trained = strategy.quantize_train(y, parameters, None)
-    hard = strategy.symbol_coding.encode(y.detach(), parameters.map(torch.Tensor.detach), GAUSSIAN)
-    assert torch.allclose(trained.decoder_input.detach(), hard.reconstruction, atol=1e-6)
-    assert torch.allclose(trained.likelihoods.detach(), hard.likelihoods)
-    (trained.decoder_input.sum() - torch.log2(trained.likelihoods).sum()).backward()
-    assert torch.equal(y.grad, torch.ones_like(y)), "identity gradient through the trellis"
-    assert means.grad.abs().sum() > 0 and scales.grad.abs().sum() > 0
+    check_straight_through_training(TrellisCodedQuantization(states=4, step=0.5, rd_lambda=0.1))
 
 
 @pytest.mark.parametrize(
