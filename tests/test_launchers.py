@@ -89,10 +89,12 @@ def test_joblib_runs_a_sweep_in_parallel_jobs_that_share_nothing_but_the_anchor_
     tmp_path, monkeypatch
 ) -> None:
     """``licexp-train -m hydra/launcher=joblib ...`` as typed in a folder (run in this process
-    to spare a Python start; the jobs run in joblib's worker processes all the same)."""
+    to spare a Python start; the jobs run in joblib's worker processes all the same), each
+    job's loaders with worker processes of their own (loky's start method fails them)."""
     argv = [
         "licexp-train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        "debug=smoke", "callbacks.progress_bar=null", "callbacks.gap_metrics=null",
+        "debug=smoke", "data.num_workers=1", "callbacks.progress_bar=null",
+        "callbacks.gap_metrics=null",
         f"lmbda={','.join(map(str, LAMBDAS))}",
     ]  # fmt: skip
     try:

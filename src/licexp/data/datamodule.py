@@ -6,6 +6,7 @@ to :class:`ImageDataModule`, which only decides how they are batched.
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Any
 
 import lightning as L
@@ -139,4 +140,14 @@ class ImageDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            multiprocessing_context=worker_context() if self.num_workers else None,
         )
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method for loader workers: the process's own, unless a launcher installed one
+    of its own (joblib's ``loky`` pickles each worker and fails on loaders): then the
+    platform's default (fork on Linux, spawn on macOS)."""
+    method = multiprocessing.get_start_method(allow_none=True)
+    standard = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context(method if method in standard else standard[0])
