@@ -14,7 +14,7 @@ rate model (:mod:`licexp.quant.tcq`): the Gaussian's mass over the index's cell 
 element's *table* scale (the one its symbol is coded with), and the same ``D + rd_lambda
 R`` in squared latent units per bit. The symbols are independent, so the optimal choice
 is the argmin per element. With ``step = 1`` and ``rd_lambda = 0`` it is rounding around
-the mean.
+the mean. ``channel_weights`` weight the distortion per latent channel as TCQ's do.
 
 **Training** (``quantize_train``): straight-through, as TCQ's: the decoder sees the RDOQ
 reconstruction with the identity gradient, and the rate is the code length of the chosen
@@ -23,6 +23,7 @@ indices at the table scales (differentiable in the scales and the means).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ from licexp.quant.symbols import (
     SymbolReader,
     scale_table_rows,
 )
-from licexp.quant.tcq import coded_scales, scale_table
+from licexp.quant.tcq import channel_weight_map, check_channel_weights, coded_scales, scale_table
 from licexp.quant.trellis import gaussian_cell_mass
 
 
@@ -49,16 +50,19 @@ class RateDistortionScalarSymbols(SymbolCoding):
     Args:
         step: the quantiser's step, in latent units.
         rd_lambda: ``lambda`` of ``J = D + lambda R`` (squared latent units per bit).
+        channel_weights: ``w_c`` per latent channel: ``D = w_c (v - k step)^2``; ``None``: 1.
     """
 
     step: float = 1.0
     rd_lambda: float = 0.025
+    channel_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.step > 0:
             raise ValueError(f"quant.step must be > 0, got {self.step}")
         if self.rd_lambda < 0:
             raise ValueError(f"quant.rd_lambda must be >= 0, got {self.rd_lambda}")
+        check_channel_weights(self.channel_weights)
 
     def cell_likelihoods(
         self, indices: Tensor, scales: Tensor, shift: Tensor | float = 0.0
@@ -73,8 +77,12 @@ class RateDistortionScalarSymbols(SymbolCoding):
         return torch.stack([torch.floor(scaled), torch.ceil(scaled), torch.zeros_like(scaled)], -1)
 
     def cost(self, residual: Tensor, indices: Tensor, scales: Tensor) -> Tensor:
-        """``(v - k step)^2 + lambda R(k)`` of every index in ``indices [..., C]``."""
+        """``w (v - k step)^2 + lambda R(k)`` of every index in ``indices [..., K]``
+        (``residual [B, C, ...]``)."""
         distortion = (residual.unsqueeze(-1) - indices * self.step) ** 2
+        weights = channel_weight_map(self.channel_weights, residual)
+        if weights is not None:
+            distortion = weights.unsqueeze(-1) * distortion
         bits = -torch.log2(self.cell_likelihoods(indices, scales.unsqueeze(-1)))
         return distortion + self.rd_lambda * bits
 
@@ -128,12 +136,18 @@ class RateDistortionScalarQuantization(QuantizationStrategy):
     """RDOQ at inference, straight-through RDOQ in training (module docstring).
 
     Args: those of :class:`RateDistortionScalarSymbols` (``quant.step``,
-    ``quant.rd_lambda``).
+    ``quant.rd_lambda``, ``quant.channel_weights``).
     """
 
-    def __init__(self, step: float = 1.0, rd_lambda: float = 0.025) -> None:
+    def __init__(
+        self,
+        step: float = 1.0,
+        rd_lambda: float = 0.025,
+        channel_weights: Sequence[float] | None = None,
+    ) -> None:
         super().__init__()
-        self.coding = RateDistortionScalarSymbols(step, rd_lambda)
+        weights = None if channel_weights is None else tuple(map(float, channel_weights))
+        self.coding = RateDistortionScalarSymbols(step, rd_lambda, weights)
 
     @property
     def symbol_coding(self) -> RateDistortionScalarSymbols:

@@ -26,10 +26,14 @@ cost as many calls as the latent is wide, planes as many as it has positions). E
 chain starts in state 0; a context model's stages are separate tensors, so the state
 does not carry from one stage to the next.
 
-**Distortion** ``D`` is the unweighted squared error in the latent domain; ``R`` is in
-bits. ``rd_lambda`` is thus in squared latent units per bit: for a latent trained for
-integer rounding, the high-rate slope of uniform scalar quantisation with step 1 is
-``dD/dR = 2 ln 2 / 12 = 0.116``.
+**Distortion** ``D`` is the squared error in the latent domain, unweighted by default;
+``R`` is in bits. ``rd_lambda`` is thus in squared latent units per bit: for a latent
+trained for integer rounding, the high-rate slope of uniform scalar quantisation with step
+1 is ``dD/dR = 2 ln 2 / 12 = 0.116``. ``channel_weights`` ``w_c`` (mean 1) make it
+``w_c (v - level)^2`` for an element of channel ``c``: the synthesis transform's
+sensitivity per channel (:mod:`licexp.quant.sensitivity`), so the search spends its error
+where the image suffers least. Only the encoder's choice changes; the bitstream and the
+decoder do not.
 
 **Training** (``quantize_train``): the straight-through trellis. The decoder sees the
 TCQ reconstruction of the current latent with the identity gradient (as STE does for
@@ -43,6 +47,7 @@ STE with a trellis.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +86,24 @@ def scale_table(table: Tensor | None, like: Tensor) -> Tensor:
     return table.to(like.device, like.dtype)
 
 
+def channel_weight_map(weights: tuple[float, ...] | None, like: Tensor) -> Tensor | None:
+    """``w_c`` of every element of ``like [B, C, ...]`` (``None``: unweighted)."""
+    if weights is None:
+        return None
+    if len(weights) != like.size(1):
+        raise ValueError(
+            f"quant.channel_weights has {len(weights)} values, the latent {like.size(1)} channels"
+        )
+    shape = (1, -1) + (1,) * (like.dim() - 2)
+    return torch.tensor(weights, dtype=like.dtype, device=like.device).view(shape).expand_as(like)
+
+
+def check_channel_weights(weights: tuple[float, ...] | None) -> None:
+    """A clear error unless ``weights`` is ``None`` or positive numbers."""
+    if weights is not None and not all(float(w) > 0 for w in weights):
+        raise ValueError(f"quant.channel_weights must all be > 0, got {list(weights)}")
+
+
 def coded_scales(scales: Tensor, table: Tensor | None = None) -> Tensor:
     """The scale each element's symbol is coded with (the row
     :func:`~licexp.quant.symbols.scale_table_rows` picks in ``table``); straight-through
@@ -112,9 +135,11 @@ class TrellisSymbols(SymbolCoding):
             (plus zero).
         scan: ``"row"`` or ``"plane"``, the chains (module docstring).
         exact: widen the candidates to every level that can be optimal (the rate is at
-            least 0 bits, so the cost is at least ``step^2`` times the squared distance
+            least 0 bits, so the cost is at least ``w step^2`` times the squared distance
             in steps; :func:`~licexp.quant.trellis.exact_radius`): the search then finds
             the least cost over all index sequences. ``False``: the fixed window only.
+        channel_weights: ``w_c`` per latent channel, the distortion's weights (module
+            docstring); ``None``: unweighted.
     """
 
     states: int = 8
@@ -123,6 +148,7 @@ class TrellisSymbols(SymbolCoding):
     neighbours: int = 1
     scan: str = "row"
     exact: bool = True
+    channel_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.states not in TRELLISES:
@@ -135,6 +161,7 @@ class TrellisSymbols(SymbolCoding):
             raise ValueError(f"quant.neighbours must be >= 1, got {self.neighbours}")
         if self.scan not in SCANS:
             raise ValueError(f"quant.scan must be one of {SCANS}, got {self.scan!r}")
+        check_channel_weights(self.channel_weights)
 
     @property
     def trellis(self) -> Trellis:
@@ -163,11 +190,15 @@ class TrellisSymbols(SymbolCoding):
             batch, rows, length = residual.shape
             residual = residual.reshape(-1, length)
             scales = self.chains(parameters.scales).reshape(-1, length, 1)
+            weights = channel_weight_map(self.channel_weights, coded)
+            if weights is not None:
+                weights = self.chains(weights).reshape(-1, length)
             group = max(1, SEARCH_ELEMENTS // max(length, 1))
             indices, states = [], []
             for start in range(0, residual.size(0), group):
+                part = slice(start, start + group)
                 path = self.search_chains(
-                    residual[start : start + group], scales[start : start + group]
+                    residual[part], scales[part], None if weights is None else weights[part]
                 )
                 indices.append(path.indices)
                 states.append(path.states)
@@ -175,17 +206,21 @@ class TrellisSymbols(SymbolCoding):
         shape = (batch, rows, length)
         return TrellisSearch(torch.cat(indices).reshape(shape), quantisers.reshape(shape))
 
-    def search_chains(self, residual: Tensor, scales: Tensor) -> TrellisPath:
-        """Viterbi over chains ``residual [N, T]`` (latent units) with ``scales [N, T, 1]``."""
+    def search_chains(
+        self, residual: Tensor, scales: Tensor, weights: Tensor | None = None
+    ) -> TrellisPath:
+        """Viterbi over chains ``residual [N, T]`` (latent units) with ``scales [N, T, 1]``
+        and the distortion's ``weights [N, T]`` (``None``: 1)."""
+        weights = torch.ones_like(residual) if weights is None else weights
 
         def branch_cost(indices: Tensor, quantiser: int) -> Tensor:
             level = reconstruction_level(indices, quantiser) * self.step
-            distortion = (residual.unsqueeze(-1) - level) ** 2
+            distortion = weights.unsqueeze(-1) * (residual.unsqueeze(-1) - level) ** 2
             bits = -torch.log2(self.cell_likelihoods(indices, quantiser, scales.expand_as(level)))
             return distortion + self.rd_lambda * bits
 
-        weight = self.step**2 if self.exact else None
-        return viterbi(residual / self.step, branch_cost, self.trellis, self.neighbours, weight)
+        bound = weights * self.step**2 if self.exact else None
+        return viterbi(residual / self.step, branch_cost, self.trellis, self.neighbours, bound)
 
     def reconstruct(
         self, search: TrellisSearch, parameters: EntropyParameters, like: Tensor
@@ -266,7 +301,8 @@ class TrellisCodedQuantization(QuantizationStrategy):
     """TCQ at inference, the straight-through trellis in training (module docstring).
 
     Args: those of :class:`TrellisSymbols` (``quant.states``, ``quant.step``,
-    ``quant.rd_lambda``, ``quant.neighbours``, ``quant.scan``, ``quant.exact``).
+    ``quant.rd_lambda``, ``quant.neighbours``, ``quant.scan``, ``quant.exact``,
+    ``quant.channel_weights``).
     """
 
     def __init__(
@@ -277,9 +313,11 @@ class TrellisCodedQuantization(QuantizationStrategy):
         neighbours: int = 1,
         scan: str = "row",
         exact: bool = True,
+        channel_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.coding = TrellisSymbols(states, step, rd_lambda, neighbours, scan, exact)
+        weights = None if channel_weights is None else tuple(map(float, channel_weights))
+        self.coding = TrellisSymbols(states, step, rd_lambda, neighbours, scan, exact, weights)
 
     @property
     def symbol_coding(self) -> TrellisSymbols:

@@ -146,7 +146,7 @@ def exact_window(targets: Tensor, quantiser: int, radius: Tensor, neighbours: in
 
 
 def exact_radius(
-    targets: Tensor, candidates: Tensor, cost: Tensor, distortion_weight: float
+    targets: Tensor, candidates: Tensor, cost: Tensor, distortion_weight: float | Tensor
 ) -> Tensor:
     """The radius (in steps) beyond which no index can be the cheapest of its parity, given
     the ``cost`` of some ``candidates`` of one quantiser and a cost ``>= w (u - level(k))^2``.
@@ -189,7 +189,7 @@ def viterbi(
     branch_cost: BranchCost,
     trellis: Trellis,
     neighbours: int = 1,
-    distortion_weight: float | None = None,
+    distortion_weight: float | Tensor | None = None,
 ) -> TrellisPath:
     """The minimum-cost index sequence of every chain (rows of ``targets``, in step units).
 
@@ -199,14 +199,15 @@ def viterbi(
     programme keeps the cheaper of the two per state and element. Ties go to the first
     edge (and the first candidate). Memory: ``O(N T S)`` for ``S`` states.
 
-    ``distortion_weight`` ``w``, where ``branch_cost(k) >= w (u - level(k))^2`` for every
-    index (TCQ's cost: ``w = step^2``, as its rate term is at least zero), adds to the
+    ``distortion_weight`` ``w`` (a number or one per element of ``targets``), where
+    ``branch_cost(k) >= w (u - level(k))^2`` for every index (TCQ's cost: ``w = step^2``
+    times the element's distortion weight, as its rate term is at least zero), adds to the
     window every index that can be the cheapest of its parity (:func:`exact_radius`), so
     the search is exact; without it the window is fixed.
     """
     if targets.dim() != 2:
         raise ValueError(f"targets must be [chains, length], got {tuple(targets.shape)}")
-    if distortion_weight is not None and not distortion_weight > 0:
+    if distortion_weight is not None and not bool((torch.as_tensor(distortion_weight) > 0).all()):
         raise ValueError(f"distortion_weight must be > 0, got {distortion_weight}")
     chains, length = targets.shape
     device = targets.device
