@@ -3,12 +3,13 @@ models retrained on truly quantised latents, scalar and TCQ, decoder alone and d
 decoder, on real bitstreams.
 
     .venv/bin/python experiments/stage2.py <stage-1 run or sweep dir>... [--steps 400]
-        [--seeds 42 43 44] [--runs logs/stage2] [--out experiments/results/stage2]
+        [--seeds 42 43 44] [--jobs 2] [--runs logs/stage2] [--out experiments/results/stage2]
         [--images N] [--overrides <training overrides>...]
 
 For every ``checkpoints/last.ckpt`` below the given folders (the stage-1 models, one per
-lambda or per lambda and seed) and every seed of ``--seeds``, trains (runs under
-``--runs/<stage-1 run>/seed<seed>/``; finished ones are reused):
+lambda or per lambda and seed) and every seed of ``--seeds`` (without it: the stage-1 model's
+own seed, so that a stage-1 sweep over seeds gives replicates of the whole pipeline), trains
+(runs under ``--runs/<stage-1 run>/seed<seed>/``; finished ones are reused):
 
 - four stage-2 models, ``python -m licexp.train experiment=stage2 | stage2_hyper
   init_from=<it> quant=ste | tcq trainer.max_steps=<steps> seed=<seed>``;
@@ -38,17 +39,22 @@ Stage-1 models for it on the photos (4 lambdas x 3 seeds), then the controlled r
 
     python -m licexp.train -m data=folder data.train.root=../shared/data/photos \\
         lmbda=0.0018,0.0067,0.013,0.025 seed=42,43,44 trainer.max_steps=2000
-    python experiments/stage2.py logs/train/multiruns/<date> --steps 200 --seeds 42 43 44 \\
+    python experiments/stage2.py logs/train/multiruns/<date> --steps 200 \\
         --overrides data=folder data.train.root=../shared/data/photos
+
+``--jobs N`` works on N stage-1 models at a time, each in its own process (with
+``OMP_NUM_THREADS`` = cores / N, as the trainings it starts inherit it).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -208,7 +214,7 @@ def model_points(checkpoint: Path, args: argparse.Namespace, images: list) -> li
     """The points of one stage-1 model: its two codings, then every training and seed's."""
     name = checkpoint.parent.parent.name
     coded = [(None, "stage1", checkpoint, SCALAR), (None, "stage1+tcq", checkpoint, TCQ)]
-    for seed in args.seeds:
+    for seed in args.seeds or [read_checkpoint(checkpoint)[CONFIG_KEY]["seed"]]:
         for training in TRAININGS:
             run_dir = args.runs / name / f"seed{seed}" / training.label
             trained = train(checkpoint, training, args.steps, seed, run_dir, args.overrides)
@@ -229,7 +235,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", type=Path, nargs="+")
     parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="training seeds")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="training seeds (default: stage 1's)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="stage-1 models at a time")
     parser.add_argument("--runs", type=Path, default=Path("logs/stage2"))
     parser.add_argument("--out", type=Path, default=Path("experiments/results/stage2"))
     parser.add_argument("--images", type=int, default=None, help="the first N test images")
@@ -241,7 +250,9 @@ def main() -> None:
         parser.error(f"no checkpoints/last.ckpt below {[str(d) for d in args.dirs]}")
     label, images = test_images(args.images)
     args.out.mkdir(parents=True, exist_ok=True)
-    points = [point for checkpoint in stage1 for point in model_points(checkpoint, args, images)]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        per_model = pool.map(functools.partial(model_points, args=args, images=images), stage1)
+        points = [point for points in per_model for point in points]
     write_csv(args.out / "rd_points.csv", points, FIELDS)
     rows = summary(points)
     write_csv(args.out / "summary.csv", rows, rows[0])
@@ -255,7 +266,8 @@ def main() -> None:
     write_csv(args.out / "bd.csv", bd, ["coding", "bd_rate_pct", "bd_psnr_db", "note"])
     plot(
         rows,
-        f"{label}, {len(images)} images, means over {len(args.seeds)} seed(s)",
+        f"{label}, {len(images)} images, means over {len({p['seed'] for p in points} - {None})}"
+        " seed(s)",
         args.out / "rd.png",
     )
     for row in bd:

@@ -3,17 +3,24 @@ with trellis-coded quantisation, on real bitstreams.
 
     .venv/bin/python experiments/tcq_inference.py <run or sweep dir>... [--out DIR]
         [--states 4 8] [--steps 0.5] [--rd-lambdas 0 0.05 0.1 0.2] [--scans row plane]
-        [--neighbours 1 2] [--fixed-window] [--images N]
+        [--neighbours 1 2] [--fixed-window] [--rdoq] [--weighted] [--jobs N] [--images N]
 
 Every ``checkpoints/last.ckpt`` below the given folders is loaded once with its trained
 strategy (the scalar baseline: ``noise`` codes ``round(y)``), once with ``noise_plus``
 (``round(y - mu) + mu``, the scalar grid TCQ's levels are relative to) and once per TCQ
 setting of the grid, the weights unchanged (``licexp.eval quant=...`` does the same for one
-setting). Images: Kodak (``../shared/data/kodak`` or ``$LICEXP_KODAK``) when present, else
+setting). ``--rdoq`` adds RDOQ (step 1, the model's own grid) at every ``--rd-lambdas``
+value, TCQ's fair scalar baseline; ``--weighted`` adds every TCQ and RDOQ setting again with
+``channel_weights`` (label ``-w``): the synthesis transform's sensitivity per latent channel
+(:mod:`licexp.quant.sensitivity`), measured once per checkpoint on the five embedded photos
+(256-pixel central crops; not the test images, unless Kodak is missing). ``--jobs N`` codes
+N checkpoints at a time. Images: Kodak (``../shared/data/kodak`` or ``$LICEXP_KODAK``) when present, else
 the five embedded photos. Writes ``rd_points.csv`` (one row per checkpoint and coding),
 ``bd.csv`` (BD-rate and BD-PSNR of every coding across the checkpoints against the trained
-strategy's, pchip), ``equal_point.csv`` (per checkpoint, each TCQ setting's rd_lambda sweep
-against the trained strategy's point: PSNR at equal rate, rate at equal PSNR) and
+strategy's, pchip), ``equal_point.csv`` (per checkpoint, each TCQ or RDOQ setting's
+rd_lambda sweep against the trained strategy's point, or ``--reference noise_plus``'s: PSNR
+at equal rate, rate at equal PSNR), ``equal_point_summary.md`` (those per lambda over the checkpoints of that lambda,
+e.g. seeds: mean ± standard deviation, and whether the mean exceeds twice the spread) and
 ``rd.png``.
 """
 
@@ -21,9 +28,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import itertools
 import re
+import statistics
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -39,8 +49,12 @@ from licexp.data import Kodak, PhotoSamples  # noqa: E402
 from licexp.evaluation.bjontegaard import bd_psnr, bd_rate  # noqa: E402
 from licexp.evaluation.evaluate import evaluate_images, mean_row  # noqa: E402
 from licexp.quant import NoiseQuantization, QuantizationStrategy  # noqa: E402
+from licexp.quant.rdoq import RateDistortionScalarQuantization  # noqa: E402
+from licexp.quant.sensitivity import synthesis_sensitivity  # noqa: E402
 from licexp.quant.tcq import TrellisCodedQuantization  # noqa: E402
 
+CALIBRATION = ["astronaut", "coffee", "chelsea", "motorcycle_left", "rocket"]
+SWEPT = ("tcq", "rdoq")  # codings swept over rd_lambda
 FIELDS = (
     "checkpoint",
     "lmbda",
@@ -66,19 +80,56 @@ def test_images(limit: int | None) -> tuple[str, list]:
     return label, [(item["name"], item["image"]) for item in items]
 
 
-def codings(args: argparse.Namespace):
-    """``(label, strategy or None)``: the trained strategy first, then noise+, then TCQ."""
+def channel_weights(checkpoint: Path) -> tuple[float, ...]:
+    """The synthesis sensitivity per latent channel of ``checkpoint`` on the embedded photos."""
+    codec, _ = codec_from_checkpoint(checkpoint)
+    photos = PhotoSamples(names=CALIBRATION, crop_size=256)
+    images = [photos[i]["image"].unsqueeze(0) for i in range(len(photos))]
+    return tuple(synthesis_sensitivity(codec, images).tolist())
+
+
+def codings(args: argparse.Namespace, weights: tuple[float, ...] | None = None):
+    """``(label, strategy or None)``: the trained strategy first, then noise+, then TCQ, RDOQ
+    (``--rdoq``) and both again with ``weights`` (``--weighted``)."""
     yield "trained", None
     yield "noise_plus", NoiseQuantization(round_around_mean=True)
-    grid = itertools.product(args.states, args.steps, args.rd_lambdas, args.scans, args.neighbours)
-    for n, step, rd_lambda, scan, neighbours in grid:
-        label = f"tcq{n}-{scan}-step{step:g}-lambda{rd_lambda:g}"
-        if neighbours != 1:
-            label += f"-n{neighbours}"
-        if args.fixed_window:
-            label += "-fixed"
-        exact = not args.fixed_window
-        yield label, TrellisCodedQuantization(n, step, rd_lambda, neighbours, scan, exact)
+    for suffix, channel in [("", None)] + ([("-w", weights)] if args.weighted else []):
+        grid = itertools.product(
+            args.states, args.steps, args.rd_lambdas, args.scans, args.neighbours
+        )
+        for n, step, rd_lambda, scan, neighbours in grid:
+            label = f"tcq{n}-{scan}-step{step:g}{suffix}-lambda{rd_lambda:g}"
+            if neighbours != 1:
+                label += f"-n{neighbours}"
+            if args.fixed_window:
+                label += "-fixed"
+            exact = not args.fixed_window
+            yield (
+                label,
+                TrellisCodedQuantization(n, step, rd_lambda, neighbours, scan, exact, channel),
+            )
+        for rd_lambda in args.rd_lambdas if args.rdoq else []:
+            yield (
+                f"rdoq{suffix}-lambda{rd_lambda:g}",
+                RateDistortionScalarQuantization(1.0, rd_lambda, channel),
+            )
+
+
+def checkpoint_points(checkpoint: Path, args: argparse.Namespace, images: list) -> list[dict]:
+    """Every coding of one checkpoint."""
+    weights = channel_weights(checkpoint) if args.weighted else None
+    points = []
+    with tempfile.TemporaryDirectory() as work:
+        for coding, strategy in codings(args, weights):
+            point = {"checkpoint": str(checkpoint), "coding": coding}
+            point |= measure(checkpoint, strategy, images, Path(work))
+            points.append(point)
+            print(
+                f"{checkpoint.parents[1].name} {coding}: {point['bpp']:.4f} bpp, "
+                f"{point['psnr']:.2f} dB, decode error {point['decode_error']}",
+                flush=True,
+            )
+    return points
 
 
 def measure(
@@ -118,21 +169,22 @@ def bd_table(points: list[dict], reference_coding: str = "trained") -> list[dict
 
 
 def family(coding: str) -> str:
-    """A TCQ coding's label without its rd_lambda: the points of one lambda sweep."""
+    """A TCQ or RDOQ coding's label without its rd_lambda: the points of one lambda sweep."""
     return re.sub(r"-lambda[0-9.]+(?:e-?[0-9]+)?", "", coding)
 
 
-def equal_point_table(points: list[dict]) -> list[dict]:
-    """Per checkpoint, each TCQ family's lambda sweep against the trained strategy's point:
+def equal_point_table(points: list[dict], reference_coding: str = "trained") -> list[dict]:
+    """Per checkpoint, each TCQ or RDOQ family's lambda sweep against the point of
+    ``reference_coding``:
     PSNR at the same rate and rate at the same PSNR (interpolated in log-rate; blank where
     the sweep does not reach the point)."""
     table = []
     for checkpoint in sorted({p["checkpoint"] for p in points}):
         own = [p for p in points if p["checkpoint"] == checkpoint]
-        (reference,) = [p for p in own if p["coding"] == "trained"]
+        (reference,) = [p for p in own if p["coding"] == reference_coding]
         sweeps: dict[str, list[dict]] = {}
         for point in own:
-            if point["coding"].startswith("tcq"):
+            if point["coding"].startswith(SWEPT):
                 sweeps.setdefault(family(point["coding"]), []).append(point)
         for name, sweep in sweeps.items():
             rates = np.log([p["bpp"] for p in sweep])
@@ -168,6 +220,42 @@ def equal_point_table(points: list[dict]) -> list[dict]:
     return table
 
 
+def equal_point_summary(rows: list[dict]) -> str:
+    """The :func:`equal_point_table` per lambda and family over the checkpoints of that lambda
+    (seeds), as Markdown: mean ± sample standard deviation, n, and whether |mean| exceeds
+    twice the spread."""
+    groups: dict[tuple[float, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((float(row["lmbda"]), row["family"]), []).append(row)
+    lines = [
+        "| lambda | coding | n | PSNR at equal rate (dB) | exceeds 2x spread "
+        "| rate at equal PSNR (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def spread(values: list[float], digits: int) -> tuple[str, str]:
+        if not values:
+            return "-", "-"
+        mean = statistics.fmean(values)
+        if len(values) == 1:
+            return f"{mean:+.{digits}f}", "n/a (n = 1)"
+        std = statistics.stdev(values)
+        return f"{mean:+.{digits}f} ± {std:.{digits}f}", "yes" if abs(mean) > 2 * std else "no"
+
+    for (lmbda, name), group in sorted(groups.items()):
+        gains = [r["psnr_gain_db"] for r in group if r["psnr_gain_db"] is not None]
+        changes = [r["rate_change_pct"] for r in group if r["rate_change_pct"] is not None]
+        gain, exceeds = spread(gains, 3)
+        change, _ = spread(changes, 2)
+        lines.append(f"| {lmbda:g} | {name} | {len(gains)} | {gain} | {exceeds} | {change} |")
+    lines += [
+        "",
+        "Per checkpoint against its trained strategy's point; n: the checkpoints whose sweep "
+        "reaches that point's rate. Mean ± the sample standard deviation over them.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def plot(points: list[dict], label: str, path: Path) -> None:
     """The scalar codings across the checkpoints (black) and, per checkpoint, each TCQ
     setting's rd_lambda sweep (one colour per setting)."""
@@ -175,7 +263,7 @@ def plot(points: list[dict], label: str, path: Path) -> None:
     for coding, style in (("trained", "k-o"), ("noise_plus", "k--s")):
         curve = sorted((p for p in points if p["coding"] == coding), key=lambda p: p["bpp"])
         axis.plot([p["bpp"] for p in curve], [p["psnr"] for p in curve], style, label=coding)
-    families = sorted({family(p["coding"]) for p in points if p["coding"].startswith("tcq")})
+    families = sorted({family(p["coding"]) for p in points if p["coding"].startswith(SWEPT)})
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     checkpoints = sorted({p["checkpoint"] for p in points})
     for index, name in enumerate(families):
@@ -185,7 +273,7 @@ def plot(points: list[dict], label: str, path: Path) -> None:
                     p
                     for p in points
                     if p["checkpoint"] == checkpoint
-                    and p["coding"].startswith("tcq")
+                    and p["coding"].startswith(SWEPT)
                     and family(p["coding"]) == name
                 ),
                 key=lambda p: p["bpp"],
@@ -226,6 +314,17 @@ def main() -> None:
         help="search only --neighbours levels per side (quant.exact=false), as before 2026-12-06",
     )
     parser.add_argument("--scans", nargs="+", default=["row"], choices=["row", "plane"])
+    parser.add_argument("--rdoq", action="store_true", help="add RDOQ at every --rd-lambdas")
+    parser.add_argument(
+        "--weighted", action="store_true", help="add every setting with channel_weights"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="checkpoints coded at a time")
+    parser.add_argument(
+        "--reference",
+        choices=["trained", "noise_plus"],
+        default="trained",
+        help="the scalar coding BD and equal-point results are measured against",
+    )
     parser.add_argument("--images", type=int, default=None, help="only the first N images")
     parser.add_argument(
         "--replot", action="store_true", help="redraw rd.png from <out>/rd_points.csv"
@@ -245,36 +344,31 @@ def main() -> None:
         raise SystemExit(f"no checkpoints/last.ckpt below {[str(r) for r in args.runs]}")
     label, images = test_images(args.images)
     console = Console(width=160)
-    points = []
-    with tempfile.TemporaryDirectory() as work:
-        for checkpoint in checkpoints:
-            for coding, strategy in codings(args):
-                point = {"checkpoint": str(checkpoint), "coding": coding}
-                point |= measure(checkpoint, strategy, images, Path(work))
-                points.append(point)
-                console.print(
-                    f"{checkpoint.parents[1].name} {coding}: {point['bpp']:.4f} bpp, "
-                    f"{point['psnr']:.2f} dB, decode error {point['decode_error']}"
-                )
+    with ProcessPoolExecutor(args.jobs) as pool:
+        code = functools.partial(checkpoint_points, args=args, images=images)
+        points = [point for coded in pool.map(code, checkpoints) for point in coded]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "rd_points.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, FIELDS)
         writer.writeheader()
         writer.writerows(points)
-    bd = bd_table(points)
+    bd = bd_table(points, args.reference)
     with open(args.out / "bd.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, ["coding", "bd_rate_pct", "bd_psnr_db", "note"])
         writer.writeheader()
         writer.writerows(bd)
     plot(points, f"{label} ({len(images)} images)", args.out / "rd.png")
-    equal = equal_point_table(points)
+    equal = equal_point_table(points, args.reference)
     with open(args.out / "equal_point.csv", "w", newline="") as file:
         writer = csv.DictWriter(
             file, ["checkpoint", "lmbda", "family", "psnr_gain_db", "rate_change_pct"]
         )
         writer.writeheader()
         writer.writerows(equal)
-    table = Table(title=f"TCQ lambda sweeps against the trained strategy's point, {label}")
+    summary = equal_point_summary(equal)
+    (args.out / "equal_point_summary.md").write_text(summary)
+    console.print(summary)
+    table = Table(title=f"TCQ and RDOQ lambda sweeps against {args.reference}'s point, {label}")
     for column in ("lmbda", "family", "PSNR at equal rate (dB)", "rate at equal PSNR (%)"):
         table.add_column(column)
     for row in equal:
@@ -287,7 +381,7 @@ def main() -> None:
         )
     console.print(table)
 
-    table = Table(title=f"TCQ at inference, {label}: BD against the trained strategy (pchip)")
+    table = Table(title=f"TCQ at inference, {label}: BD against {args.reference} (pchip)")
     for column in ("coding", "BD-rate (%)", "BD-PSNR (dB)"):
         table.add_column(column)
     for row in bd:
