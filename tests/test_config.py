@@ -516,3 +516,23 @@ def test_debug_smoke_builds_every_data_option_with_its_small_crops(data, tmp_pat
     assert module.eval_dataset[0]["image"].shape == (3, 128, 128)
     assert len(module.eval_dataset) == (24 if data == "kodak" else 2)  # the two smoke photos
     assert (module.batch_size, module.num_workers) == (2, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["jiang", "pan_mean_scale", "lambda_finetune"])
+@pytest.mark.parametrize("scheduler", ["step", "cosine", "plateau", "none"])
+def test_every_scheduler_replaces_a_recipes_schedule_whole(recipe, scheduler) -> None:
+    """A recipe's schedule is an option of the scheduler group, so ``scheduler=...`` on the
+    command line swaps it without leaving the recipe's keys behind (they made cosine fail)."""
+    overrides = [f"experiment={recipe}", f"scheduler={scheduler}"]
+    if recipe == "lambda_finetune":
+        overrides.append("base_checkpoint=x.ckpt")
+    config = compose_train(overrides).model.scheduler
+    if scheduler == "none":
+        assert config is None
+        return
+    option = OmegaConf.load(Path(__file__).parents[1] / "conf" / "scheduler" / f"{scheduler}.yaml")
+    assert set(config) == set(option)
+    schedule = hydra.utils.instantiate(config)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-4)
+    assert schedule(optimizer=optimizer) is not None
