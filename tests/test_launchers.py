@@ -118,3 +118,21 @@ def test_joblib_runs_a_sweep_in_parallel_jobs_that_share_nothing_but_the_anchor_
     cache = tmp_path / "logs" / "cache" / "anchors"
     assert len(list(cache.glob("jpeg-*.json"))) == 1, "one measurement, read by the other job"
     assert not list(cache.glob("*.tmp")), "no half-written cache file left"
+
+
+@pytest.mark.slow
+def test_ddp_under_joblib_is_refused_with_the_launchers_that_can(
+    tmp_path, monkeypatch, capfd
+) -> None:
+    """Lightning would start DDP's ranks with the joblib worker's command line: refused
+    before anything is built, naming what works instead."""
+    argv = ["licexp-train", "-m", "hydra/launcher=joblib", "trainer=ddp", "debug=smoke"]
+    try:
+        assert run_main(licexp.train.main, argv, monkeypatch, tmp_path) == 1
+    finally:
+        get_reusable_executor().shutdown(wait=True)
+    error = capfd.readouterr().err
+    assert "trainer=ddp cannot run under hydra/launcher=joblib" in error
+    assert "submitit_slurm" in error
+    (job,) = (tmp_path / "logs" / "train" / "multiruns").glob("*/0")
+    assert not (job / "checkpoints").exists()

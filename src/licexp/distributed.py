@@ -77,3 +77,24 @@ def hydra_ddp_job() -> Iterator[None]:
                 os.environ[name] = value
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+SPAWNING_LAUNCHERS = ("joblib",)
+"""Hydra launchers that run each job inside a worker process of their own: Lightning's
+DDP launcher would restart that worker's command line, not licexp's."""
+
+
+def check_launcher_can_run(strategy: object) -> None:
+    """Refuses, before anything is built, a DDP run under a launcher whose worker processes
+    Lightning cannot restart as ranks (``hydra/launcher=joblib``)."""
+    if not HydraConfig.initialized():
+        return
+    launcher = HydraConfig.get().runtime.choices.get("hydra/launcher")
+    target = OmegaConf.select(strategy, "_target_") if OmegaConf.is_config(strategy) else strategy
+    if launcher in SPAWNING_LAUNCHERS and "ddp" in str(target).lower():
+        raise ValueError(
+            f"trainer=ddp cannot run under hydra/launcher={launcher}: Lightning starts DDP's "
+            "ranks by running the command line again, and a joblib job's is joblib's worker. "
+            "Sweep DDP runs with the basic launcher (one job after the other) or with "
+            "hydra/launcher=submitit_slurm, whose srun starts the ranks"
+        )

@@ -28,7 +28,7 @@ from licexp.checkpoints import (
 )
 from licexp.cli import INTERRUPTED, TERMINATED, hydra_command
 from licexp.config import instantiate_collection, register_resolvers, run_info, save_run_info
-from licexp.distributed import hydra_ddp_job
+from licexp.distributed import check_launcher_can_run, hydra_ddp_job
 from licexp.evaluation.anchor_sources import check_anchor_source
 from licexp.evaluation.evaluate import evaluate_codec
 from licexp.loggers import finish_wandb, log_evaluation
@@ -71,6 +71,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise ValueError(f"seed must be an integer, got {cfg.seed!r}")
     check_anchor_source(cfg.evaluation.anchors_source)
+    check_launcher_can_run(cfg.trainer.get("strategy"))
     L.seed_everything(cfg.seed, workers=True)
     allow_tf32(cfg.tf32)
     output_dir = Path(cfg.paths.output_dir)
