@@ -10,18 +10,23 @@ strategy (the scalar baseline: ``noise`` codes ``round(y)``), once with ``noise_
 (``round(y - mu) + mu``, the scalar grid TCQ's levels are relative to) and once per TCQ
 setting of the grid, the weights unchanged (``licexp.eval quant=...`` does the same for one
 setting). ``--rdoq`` adds RDOQ (step 1, the model's own grid) at every ``--rd-lambdas``
-value, TCQ's fair scalar baseline; ``--weighted`` adds every TCQ and RDOQ setting again with
-``channel_weights`` (label ``-w``): the synthesis transform's sensitivity per latent channel
-(:mod:`licexp.quant.sensitivity`), measured once per checkpoint on the five embedded photos
-(256-pixel central crops; not the test images, unless Kodak is missing). ``--jobs N`` codes
-N checkpoints at a time. Images: Kodak (``../shared/data/kodak`` or ``$LICEXP_KODAK``) when present, else
-the five embedded photos. Writes ``rd_points.csv`` (one row per checkpoint and coding),
-``bd.csv`` (BD-rate and BD-PSNR of every coding across the checkpoints against the trained
-strategy's, pchip), ``equal_point.csv`` (per checkpoint, each TCQ or RDOQ setting's
-rd_lambda sweep against the trained strategy's point, or ``--reference noise_plus``'s: PSNR
-at equal rate, rate at equal PSNR), ``equal_point_summary.md`` (those per lambda over the checkpoints of that lambda,
-e.g. seeds: mean ± standard deviation, and whether the mean exceeds twice the spread) and
-``rd.png``.
+value, TCQ's fair scalar baseline; ``--weighted`` adds every TCQ and RDOQ setting again
+with ``channel_weights`` (label ``-w``): the synthesis transform's sensitivity per latent
+channel (:mod:`licexp.quant.sensitivity`), measured once per checkpoint on the five
+embedded photos (256-pixel central crops; not the test images, unless Kodak is missing).
+``--jobs N`` codes N checkpoints at a time. Images: Kodak (``../shared/data/kodak`` or
+``$LICEXP_KODAK``) when present, else the five embedded photos. Writes:
+
+- ``rd_points.csv``: one row per checkpoint and coding;
+- ``bd.csv``: BD-rate and BD-PSNR (pchip) of every coding across the checkpoints against
+  the ``--reference`` coding (the trained strategy by default, or ``noise_plus``);
+- ``equal_point.csv``: per checkpoint, each TCQ or RDOQ setting's rd_lambda sweep against
+  the reference's point (PSNR at equal rate, rate at equal PSNR), and
+  ``equal_point_summary.md``: those per lambda over the checkpoints of that lambda (e.g.
+  seeds), mean ± standard deviation and whether the mean exceeds twice the spread;
+- ``sweep_bd.csv``, ``sweep_bd_summary.md``: per checkpoint, BD of each TCQ sweep against
+  RDOQ's and of each weighted sweep against its unweighted one, summarised the same way;
+- ``rd.png``.
 """
 
 from __future__ import annotations
@@ -220,16 +225,63 @@ def equal_point_table(points: list[dict], reference_coding: str = "trained") -> 
     return table
 
 
-def equal_point_summary(rows: list[dict]) -> str:
-    """The :func:`equal_point_table` per lambda and family over the checkpoints of that lambda
-    (seeds), as Markdown: mean ± sample standard deviation, n, and whether |mean| exceeds
-    twice the spread."""
+def sweep_bd_table(points: list[dict]) -> list[dict]:
+    """Per checkpoint, BD-PSNR and BD-rate (pchip) of one rd_lambda sweep against another
+    over their common rates: each TCQ family against RDOQ's sweep (the scalar codings with the
+    same rate model and RD decisions), and each weighted family against its unweighted one.
+    Rows in :func:`equal_point_table`'s keys (``family``: "A vs B"); blank where the sweeps do
+    not overlap."""
+    table = []
+    for checkpoint in sorted({p["checkpoint"] for p in points}):
+        own = [p for p in points if p["checkpoint"] == checkpoint]
+        sweeps: dict[str, list[dict]] = {}
+        for point in own:
+            if point["coding"].startswith(SWEPT):
+                sweeps.setdefault(family(point["coding"]), []).append(point)
+        pairs = [
+            (name, "rdoq" + ("-w" if name.endswith("-w") else ""))
+            for name in sweeps
+            if name.startswith("tcq")
+        ]
+        pairs += [(name, name[:-2]) for name in sweeps if name.endswith("-w")]
+        for name, reference in pairs:
+            if reference not in sweeps:
+                continue
+            args = [
+                [p[key] for p in curve]
+                for curve in (sweeps[reference], sweeps[name])
+                for key in ("bpp", "psnr")
+            ]
+            try:
+                gain, change = bd_psnr(*args), bd_rate(*args)
+            except ValueError:  # no common rates, or a sweep that is not monotone
+                gain = change = None
+            table.append(
+                {
+                    "checkpoint": checkpoint,
+                    "lmbda": own[0]["lmbda"],
+                    "family": f"{name} vs {reference}",
+                    "psnr_gain_db": gain,
+                    "rate_change_pct": change,
+                }
+            )
+    return table
+
+
+def equal_point_summary(
+    rows: list[dict],
+    columns: tuple[str, str] = ("PSNR at equal rate (dB)", "rate at equal PSNR (%)"),
+    note: str = "Per checkpoint against its reference point; n: the checkpoints whose sweep "
+    "reaches that point.",
+) -> str:
+    """The :func:`equal_point_table` (or :func:`sweep_bd_table`) per lambda and family over
+    the checkpoints of that lambda (seeds), as Markdown: mean ± sample standard deviation, n,
+    and whether |mean| exceeds twice the spread."""
     groups: dict[tuple[float, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((float(row["lmbda"]), row["family"]), []).append(row)
     lines = [
-        "| lambda | coding | n | PSNR at equal rate (dB) | exceeds 2x spread "
-        "| rate at equal PSNR (%) |",
+        f"| lambda | coding | n | {columns[0]} | exceeds 2x spread | {columns[1]} |",
         "|---|---|---|---|---|---|",
     ]
 
@@ -248,11 +300,7 @@ def equal_point_summary(rows: list[dict]) -> str:
         gain, exceeds = spread(gains, 3)
         change, _ = spread(changes, 2)
         lines.append(f"| {lmbda:g} | {name} | {len(gains)} | {gain} | {exceeds} | {change} |")
-    lines += [
-        "",
-        "Per checkpoint against its trained strategy's point; n: the checkpoints whose sweep "
-        "reaches that point's rate. Mean ± the sample standard deviation over them.",
-    ]
+    lines += ["", f"{note} Mean ± the sample standard deviation over the checkpoints."]
     return "\n".join(lines) + "\n"
 
 
@@ -367,6 +415,21 @@ def main() -> None:
         writer.writerows(equal)
     summary = equal_point_summary(equal)
     (args.out / "equal_point_summary.md").write_text(summary)
+    console.print(summary)
+    sweeps = sweep_bd_table(points)
+    with open(args.out / "sweep_bd.csv", "w", newline="") as file:
+        writer = csv.DictWriter(
+            file, ["checkpoint", "lmbda", "family", "psnr_gain_db", "rate_change_pct"]
+        )
+        writer.writeheader()
+        writer.writerows(sweeps)
+    summary = equal_point_summary(
+        sweeps,
+        ("BD-PSNR (dB)", "BD-rate (%)"),
+        "Per checkpoint, one rd_lambda sweep against another over their common rates (pchip); "
+        "n: the checkpoints where they overlap.",
+    )
+    (args.out / "sweep_bd_summary.md").write_text(summary)
     console.print(summary)
     table = Table(title=f"TCQ and RDOQ lambda sweeps against {args.reference}'s point, {label}")
     for column in ("lmbda", "family", "PSNR at equal rate (dB)", "rate at equal PSNR (%)"):
