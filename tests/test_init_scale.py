@@ -25,13 +25,17 @@ on a 128x128 photo instead, their hyper transforms by their CPU-size configs."""
 
 
 def untrained(name: str) -> LearnedCodec:
-    cfg = compose_train([f"backbone={name}", "quant=noise"])
+    """The backbone of ``conf/backbone/<name>.yaml``; ``<name>+icrsa``: with ICRSA units."""
+    name, _, unit = name.partition("+")
+    cfg = compose_train(
+        [f"backbone={name}", "quant=noise"] + ([f"+backbone.unit={unit}"] if unit else [])
+    )
     torch.manual_seed(0)
     return hydra.utils.instantiate(cfg.backbone, quantizer=hydra.utils.instantiate(cfg.quant))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", BACKBONES)
+@pytest.mark.parametrize("name", [*BACKBONES, "tiny_lic_small+icrsa"])
 @torch.no_grad()
 def test_an_untrained_codec_starts_with_activations_of_order_one(name) -> None:
     codec = untrained(name).eval()

@@ -39,7 +39,7 @@ from licexp.backbones.base import (
     check_channels,
     estimated_bits,
 )
-from licexp.backbones.concatenated_residual import unit_middle
+from licexp.backbones.concatenated_residual import absorb_crm_gain, unit_middle
 from licexp.backbones.latent_coders import CodedLatent, GaussianLatentCoder, HyperLatentCoder
 from licexp.backbones.multistage_context import MultistageContextModel, Stage
 from licexp.backbones.neighborhood_attention import RNAB
@@ -131,6 +131,9 @@ class TinyLIC(LearnedCodec):
     enhances_features = False
     """Whether ``forward`` returns the features of Jiang et al.'s feature loss: ``refined``,
     the output of ``g_a[0]``, and ``enhanced``, the input of ``g_s[-1]``."""
+    crm_transparent: tuple[type[nn.Module], ...] = ()
+    """Synthesis modules that start as identities, passed over when the convolution after a
+    CRM is halved (:func:`~licexp.backbones.concatenated_residual.absorb_crm_gain`)."""
 
     def __init__(
         self,
@@ -215,6 +218,10 @@ class TinyLIC(LearnedCodec):
             *unit_middle(unit, hyper_channels),
             deconv(hyper_channels, 2 * M, kernel_size=3, stride=2),
         )
+        for transform in (self.g_a, self.h_a):  # ICRSA units start with their ICSA's gain
+            absorb_crm_gain(transform, analysis=True)
+        for transform in (self.g_s, self.h_s):
+            absorb_crm_gain(transform, analysis=False, transparent=self.crm_transparent)
         self.context_model = MultistageContextModel(M, 2 * M, slices)
         self.hyper_latent = HyperLatentCoder(hyper_channels)
         self.latent = GaussianLatentCoder()

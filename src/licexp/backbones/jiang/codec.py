@@ -32,7 +32,6 @@ from typing import Any
 
 from torch import nn
 
-from licexp.backbones.concatenated_residual import absorb_crm_gain
 from licexp.backbones.jiang.enhancement import FeatureEnhancement
 from licexp.backbones.jiang.extraction import FeatureExtraction, InverseFeatureExtraction
 from licexp.backbones.jiang.refinement import AttentionRefinementBlock, StackToFeature
@@ -57,6 +56,8 @@ class JiangLIC(TinyLIC):
         dense_blocks, dense_layers, dense_growth: FEnM's dense blocks.
         **tiny_lic: the arguments of :class:`~licexp.backbones.tiny_lic.TinyLIC`.
     """
+
+    crm_transparent = (FeatureEnhancement,)  # FEnM starts as an identity
 
     def __init__(
         self,
@@ -109,7 +110,3 @@ class JiangLIC(TinyLIC):
         )
         self.enhances_features = enhancement
         self.patch_size = patch_size
-        for transform in (self.g_a, self.h_a):
-            absorb_crm_gain(transform, analysis=True)
-        for transform in (self.g_s, self.h_s):
-            absorb_crm_gain(transform, analysis=False, transparent=(FeatureEnhancement,))
