@@ -229,6 +229,20 @@ NOT_RUNNABLE: dict[str, str] = {
     "python experiments/three_gaps.py $S --out experiments/results/three_gaps_h100": (
         "reads the GPU runs of the loop above; the same script runs on the three_gaps sweep"
     ),
+    "OMP_NUM_THREADS=1 python -m licexp.train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 "
+    "data=folder data.train.root=../shared/data/photos data.train.crop_size=128 "
+    "data.train.crops_per_image=16 lmbda=0.0018,0.0067,0.013,0.025 seed=42,43,44 "
+    "trainer.max_steps=600 evaluate=false": (
+        "the record of a measured run, 12 trainings on ../shared/data/photos (32 minutes here); "
+        "tests/test_launchers.py runs a joblib sweep with loader workers from the command line"
+    ),
+    "OMP_NUM_THREADS=1 python experiments/stage2.py logs/train/multiruns/<date> --steps 150 "
+    "--jobs 2 --images 8 --out experiments/results/stage2_controls --overrides data=folder "
+    "data.train.root=../shared/data/photos data.train.crop_size=128 "
+    "data.train.crops_per_image=16 data.num_workers=1": (
+        "the record of a measured run, 60 trainings (42 minutes here); the same script runs on "
+        "two test runs above"
+    ),
     "python experiments/stage2.py /work/runs/rd_sweep/0 /work/runs/rd_sweep/1 "
     "/work/runs/rd_sweep/2 /work/runs/stage1/lmbda0.013 --steps 200": (
         "the record of a run on folders of the machine that measured it; the same script runs "
