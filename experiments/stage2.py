@@ -35,11 +35,12 @@ the other (``stage2-ste>tcq``, ``stage2-tcq>ste``, and the same for ``stage2_hyp
 - ``bd.csv``: BD-rate and BD-PSNR (pchip) of each coding's curve of per-lambda means over
   seeds against ``stage1``'s; ``rd.png``: those mean curves.
 
-Stage-1 models for it on the photos (4 lambdas x 3 seeds), then the controlled run:
+Stage-1 models for it on the photos (4 lambdas x 3 seeds), then the controlled run (the
+measured commands, with their crops and steps, are in experiments/README.md):
 
     python -m licexp.train -m data=folder data.train.root=../shared/data/photos \\
-        lmbda=0.0018,0.0067,0.013,0.025 seed=42,43,44 trainer.max_steps=2000
-    python experiments/stage2.py logs/train/multiruns/<date> --steps 200 \\
+        lmbda=0.0018,0.0067,0.013,0.025 seed=42,43,44
+    python experiments/stage2.py logs/train/multiruns/<date> --steps 150 --jobs 2 \\
         --overrides data=folder data.train.root=../shared/data/photos
 
 ``--jobs N`` works on N stage-1 models at a time, each in its own process (with
