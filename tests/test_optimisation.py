@@ -188,6 +188,8 @@ def cosine_with_warmup(step: int) -> float:
 
 SCHEDULES = {  # option -> its overrides, the lr of step s (s = STEPS: after the last step)
     "step": ([], lambda s: LR if s < 6 else 0.1 * LR),  # milestone 0.75 x 8 = 6
+    # Jiang et al.'s 400 and 550 of 600 epochs: round(8 x 2/3) = 5, round(8 x 11/12) = 7
+    "step_jiang": ([], lambda s: LR * 0.1 ** ((s >= 5) + (s >= 7))),
     "cosine": (
         ["model.scheduler.warmup_steps=2", "model.scheduler.min_lr_fraction=0.1"],
         cosine_with_warmup,
@@ -300,6 +302,7 @@ def test_each_scheduler_option_composes_from_its_command_line_override(option) -
     assert cfg.hydra.runtime.choices.scheduler == option
     target = {
         "step": step_decay,
+        "step_jiang": step_decay,
         "cosine": cosine_annealing,
         "plateau": PlateauDecay,
         "none": None,
