@@ -55,10 +55,9 @@ from licexp.evaluation.bjontegaard import bd_psnr, bd_rate  # noqa: E402
 from licexp.evaluation.evaluate import evaluate_images, mean_row  # noqa: E402
 from licexp.quant import NoiseQuantization, QuantizationStrategy  # noqa: E402
 from licexp.quant.rdoq import RateDistortionScalarQuantization  # noqa: E402
-from licexp.quant.sensitivity import synthesis_sensitivity  # noqa: E402
+from licexp.quant.sensitivity import measured_channel_weights  # noqa: E402
 from licexp.quant.tcq import TrellisCodedQuantization  # noqa: E402
 
-CALIBRATION = ["astronaut", "coffee", "chelsea", "motorcycle_left", "rocket"]
 SWEPT = ("tcq", "rdoq")  # codings swept over rd_lambda
 FIELDS = (
     "checkpoint",
@@ -86,11 +85,9 @@ def test_images(limit: int | None) -> tuple[str, list]:
 
 
 def channel_weights(checkpoint: Path) -> tuple[float, ...]:
-    """The synthesis sensitivity per latent channel of ``checkpoint`` on the embedded photos."""
+    """The synthesis sensitivity per latent channel of ``checkpoint`` (``--weighted``)."""
     codec, _ = codec_from_checkpoint(checkpoint)
-    photos = PhotoSamples(names=CALIBRATION, crop_size=256)
-    images = [photos[i]["image"].unsqueeze(0) for i in range(len(photos))]
-    return tuple(synthesis_sensitivity(codec, images).tolist())
+    return measured_channel_weights(codec)
 
 
 def codings(args: argparse.Namespace, weights: tuple[float, ...] | None = None):

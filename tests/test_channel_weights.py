@@ -10,12 +10,13 @@ import itertools
 import pytest
 import torch
 from golden_bitstreams import golden_codec, golden_image
-from helpers import code_and_decode, compose_train
+from helpers import code_and_decode, compose_train, quiet_trainer
 from hydra.utils import instantiate
 from test_tcq import exhaustive_minimum
 
+from licexp.evaluation.bitstream import model_fingerprint
 from licexp.quant.rdoq import RateDistortionScalarQuantization, RateDistortionScalarSymbols
-from licexp.quant.sensitivity import synthesis_sensitivity
+from licexp.quant.sensitivity import measured_channel_weights, synthesis_sensitivity
 from licexp.quant.symbols import EntropyParameters
 from licexp.quant.tcq import TrellisCodedQuantization, TrellisSymbols
 from licexp.quant.trellis import TRELLISES, reconstruction_level
@@ -125,6 +126,57 @@ def test_channel_weights_come_from_the_config_and_bad_ones_are_named(kind) -> No
     coded, parameters = latent()
     with pytest.raises(ValueError, match="channel_weights has 2 values, the latent 3 channels"):
         TrellisSymbols(channel_weights=(1.0, 2.0)).search(coded, parameters)
+
+
+@pytest.mark.parametrize("kind", ["tcq", "rdoq"])
+def test_the_default_sensitivity_weights_are_measured_when_the_codec_is_prepared(kind) -> None:
+    """``quant=tcq`` and ``quant=rdoq`` default to ``channel_weights=sensitivity``: unweighted
+    until ``prepare_for_coding`` measures them on this model (one weight per latent channel,
+    mean 1, channels that differ), and the weighted bitstream decodes exactly."""
+    strategy = instantiate(compose_train([f"quant={kind}"]).quant)
+    assert strategy.measures_weights and strategy.symbol_coding.channel_weights is None
+    codec = golden_codec("mean_scale", "ste")
+    codec.replace_quantizer(strategy)
+    codec.prepare_for_coding()
+    weights = torch.tensor(strategy.symbol_coding.channel_weights)
+    # Measured again, now at the weighted search's latent: the same to a fraction of a percent.
+    assert weights.tolist() == pytest.approx(measured_channel_weights(codec), rel=1e-2)
+    assert weights.numel() == codec.g_s[0].weight.size(0)
+    assert weights.mean().item() == pytest.approx(1.0) and weights.std().item() > 0.05
+    reference, _, decoded = code_and_decode(codec, golden_image())
+    assert torch.equal(decoded, reference.x_hat)
+
+
+def test_a_training_run_measures_the_weights_on_its_starting_model() -> None:
+    """``on_fit_start`` calibrates: the weights are those of the model before its first step."""
+    cfg = compose_train(["quant=tcq", "trainer.max_steps=1"])
+    codec = golden_codec("mean_scale", "ste")
+    codec.replace_quantizer(instantiate(cfg.quant))
+    expected = measured_channel_weights(codec)
+    module = instantiate(cfg.model, codec=codec)
+    images = [{"image": image} for image in golden_image()]
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0, enable_checkpointing=False)
+    trainer.fit(module, torch.utils.data.DataLoader(images, batch_size=2))
+    assert codec.quantizer.symbol_coding.channel_weights == pytest.approx(expected)
+
+
+def test_the_weights_leave_the_model_fingerprint_alone() -> None:
+    """A container's fingerprint covers what decoding depends on; the weights steer the
+    encoder only, so a stream written with measured weights decodes with any weights."""
+    codec = golden_codec("mean_scale", "ste")
+    channels = codec.g_s[0].weight.size(0)
+    fingerprints = set()
+    for weights in (None, [1.0] * channels, torch.linspace(0.5, 2, channels).tolist()):
+        codec.replace_quantizer(TrellisCodedQuantization(channel_weights=weights))
+        fingerprints.add(model_fingerprint(codec))
+    assert len(fingerprints) == 1
+    codec.replace_quantizer(TrellisCodedQuantization(rd_lambda=0.1))
+    assert model_fingerprint(codec) not in fingerprints, "a setting the tables use counts"
+
+
+def test_a_misspelt_channel_weights_setting_is_named() -> None:
+    with pytest.raises(Exception, match="null, 'sensitivity' or one positive number"):
+        instantiate(compose_train(["quant=tcq", "quant.channel_weights=sensitive"]).quant)
 
 
 def small_codec() -> torch.nn.Module:

@@ -150,9 +150,11 @@ class LearnedCodec(CompressionModel):
                 module.update(force=True, update_quantiles=True)
 
     def prepare_for_coding(self) -> None:
-        """Eval mode, quantiles fitted (:meth:`fit_quantiles`), the strategy's CDF tables built."""
+        """Eval mode, quantiles fitted (:meth:`fit_quantiles`), the strategy calibrated on
+        this model (``QuantizationStrategy.calibrate``), its CDF tables built."""
         self.eval()
         self.fit_quantiles()
+        self.quantizer.calibrate(self)
         self.update(force=True)
 
     def hard_latent(self, latents: dict[str, Tensor]) -> HardLatent:

@@ -94,6 +94,10 @@ class QuantizationStrategy(nn.Module, ABC):
     def attach(self, codec: nn.Module) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once by the backbone after construction; may wrap the codec's modules."""
 
+    def calibrate(self, codec: nn.Module) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Called with the codec when it is prepared for coding and when a training run
+        starts; may measure what the strategy needs of the model (TCQ's channel weights)."""
+
     def to_coded(self, latent: Tensor) -> Tensor:
         """Maps a latent into the domain of the coded variable (identity by default)."""
         return latent

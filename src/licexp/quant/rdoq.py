@@ -24,12 +24,17 @@ indices at the table scales (differentiable in the scales and the means).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from licexp.quant.base import LikelihoodFunction, QuantizationStrategy, QuantizedLatent
+from licexp.quant.sensitivity import (
+    channel_weights_setting,
+    check_channel_weights,
+    with_measured_weights,
+)
 from licexp.quant.symbols import (
     CdfTables,
     EntropyParameters,
@@ -39,7 +44,7 @@ from licexp.quant.symbols import (
     SymbolReader,
     scale_table_rows,
 )
-from licexp.quant.tcq import channel_weight_map, check_channel_weights, coded_scales, scale_table
+from licexp.quant.tcq import channel_weight_map, coded_scales, scale_table
 from licexp.quant.trellis import gaussian_cell_mass
 
 
@@ -55,7 +60,9 @@ class RateDistortionScalarSymbols(SymbolCoding):
 
     step: float = 1.0
     rd_lambda: float = 0.025
-    channel_weights: tuple[float, ...] | None = None
+    # The encoder's choice alone: not in the repr (the bitstream's model fingerprint) nor in
+    # equality (which CDF tables fit), as neither the tables nor the decoder depend on it.
+    channel_weights: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.step > 0:
@@ -137,17 +144,19 @@ class RateDistortionScalarQuantization(QuantizationStrategy):
 
     Args: those of :class:`RateDistortionScalarSymbols` (``quant.step``,
     ``quant.rd_lambda``, ``quant.channel_weights``).
+    ``channel_weights`` may also be ``"sensitivity"``: unweighted until :meth:`calibrate`
+    measures them on the codec (:mod:`licexp.quant.sensitivity`).
     """
 
     def __init__(
         self,
         step: float = 1.0,
         rd_lambda: float = 0.025,
-        channel_weights: Sequence[float] | None = None,
+        channel_weights: str | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        weights = None if channel_weights is None else tuple(map(float, channel_weights))
-        self.coding = RateDistortionScalarSymbols(step, rd_lambda, weights)
+        self.measures_weights, fixed = channel_weights_setting(channel_weights)
+        self.coding = RateDistortionScalarSymbols(step, rd_lambda, fixed)
 
     @property
     def symbol_coding(self) -> RateDistortionScalarSymbols:
@@ -170,6 +179,11 @@ class RateDistortionScalarQuantization(QuantizationStrategy):
             decoder_input=decoder_input,
             likelihoods=coding.cell_likelihoods(indices, scales, shift),
         )
+
+    def calibrate(self, codec: nn.Module) -> None:
+        """``channel_weights=sensitivity``: measures them on ``codec``, as TCQ does."""
+        if self.measures_weights:
+            self.coding = with_measured_weights(self.coding, codec)
 
     def extra_repr(self) -> str:
         return repr(self.coding)

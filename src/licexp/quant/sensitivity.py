@@ -12,16 +12,74 @@ Jacobian column norm over the channel's elements,
 estimated without forming ``J`` (Hutchinson): for ``r`` with independent +-1 entries in image
 space, ``E[(J^T r)_i^2] = sum_k J_ki^2 = ||J_{:,i}||^2``, and ``J^T r`` is one backward pass
 of ``g_s``. Cross terms between elements (errors that cancel in the image) are left out.
+
+``quant.channel_weights=sensitivity`` (the default of ``quant=tcq`` and ``quant=rdoq``)
+measures ``w_c`` once per model, when the codec is prepared for coding or a training run
+starts (:meth:`~licexp.quant.QuantizationStrategy.calibrate`), on the central 256x256 crops
+of the five embedded photos with four probes each: the setting experiments/README.md
+("TCQ at inference") measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
 
-from licexp.backbones.base import LearnedCodec
+from licexp.data.photos import DEFAULT_PHOTOS, PhotoSamples
+
+if TYPE_CHECKING:
+    from licexp.backbones.base import LearnedCodec
+
+SENSITIVITY = "sensitivity"
+CALIBRATION_CROP = 256
+
+ChannelWeights = tuple[float, ...] | None
+Coding = TypeVar("Coding", bound=Any)
+
+
+def check_channel_weights(weights: ChannelWeights) -> None:
+    """A clear error unless ``weights`` is ``None`` or positive numbers."""
+    if weights is not None and not all(float(w) > 0 for w in weights):
+        raise ValueError(f"quant.channel_weights must all be > 0, got {list(weights)}")
+
+
+def channel_weights_setting(value: str | Sequence[float] | None) -> tuple[bool, ChannelWeights]:
+    """``quant.channel_weights`` as given (``None``, ``"sensitivity"`` or one positive number
+    per channel) -> (measure them in ``calibrate``, the weights until then)."""
+    if isinstance(value, str):
+        if value != SENSITIVITY:
+            raise ValueError(
+                f"quant.channel_weights must be null, {SENSITIVITY!r} or one positive number "
+                f"per latent channel, got {value!r}"
+            )
+        return True, None
+    weights = None if value is None else tuple(map(float, value))
+    check_channel_weights(weights)
+    return False, weights
+
+
+def calibration_images(factor: int) -> list[Tensor]:
+    """``[1, 3, S, S]`` central crops of the embedded photos, ``S`` the largest multiple of
+    ``factor`` up to :data:`CALIBRATION_CROP` (at least ``factor``)."""
+    size = max(factor, CALIBRATION_CROP // factor * factor)
+    photos = PhotoSamples(names=DEFAULT_PHOTOS, crop_size=size)
+    return [photos[i]["image"].unsqueeze(0) for i in range(len(photos))]
+
+
+def measured_channel_weights(codec: LearnedCodec) -> tuple[float, ...]:
+    """``w_c`` of ``codec`` on :func:`calibration_images` (module docstring)."""
+    device = next(codec.parameters()).device
+    images = [image.to(device) for image in calibration_images(codec.downsampling_factor)]
+    return tuple(synthesis_sensitivity(codec, images).tolist())
+
+
+def with_measured_weights(coding: Coding, codec: LearnedCodec) -> Coding:
+    """``coding`` (a frozen dataclass with ``channel_weights``) with ``codec``'s weights."""
+    return dataclasses.replace(coding, channel_weights=measured_channel_weights(codec))
 
 
 def synthesis_sensitivity(

@@ -26,7 +26,8 @@ cost as many calls as the latent is wide, planes as many as it has positions). E
 chain starts in state 0; a context model's stages are separate tensors, so the state
 does not carry from one stage to the next.
 
-**Distortion** ``D`` is the squared error in the latent domain, unweighted by default;
+**Distortion** ``D`` is the squared error in the latent domain (weighted per channel by
+``quant=tcq``'s default ``channel_weights=sensitivity``, unweighted by this class's);
 ``R`` is in bits. ``rd_lambda`` is thus in squared latent units per bit: for a latent
 trained for integer rounding, the high-rate slope of uniform scalar quantisation with step
 1 is ``dD/dR = 2 ln 2 / 12 = 0.116``. ``channel_weights`` ``w_c`` (mean 1) make it
@@ -48,13 +49,18 @@ STE with a trellis.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from compressai.models import get_scale_table
-from torch import Tensor
+from torch import Tensor, nn
 
 from licexp.quant.base import LikelihoodFunction, QuantizationStrategy, QuantizedLatent
+from licexp.quant.sensitivity import (
+    channel_weights_setting,
+    check_channel_weights,
+    with_measured_weights,
+)
 from licexp.quant.symbols import (
     CdfTables,
     EntropyParameters,
@@ -96,12 +102,6 @@ def channel_weight_map(weights: tuple[float, ...] | None, like: Tensor) -> Tenso
         )
     shape = (1, -1) + (1,) * (like.dim() - 2)
     return torch.tensor(weights, dtype=like.dtype, device=like.device).view(shape).expand_as(like)
-
-
-def check_channel_weights(weights: tuple[float, ...] | None) -> None:
-    """A clear error unless ``weights`` is ``None`` or positive numbers."""
-    if weights is not None and not all(float(w) > 0 for w in weights):
-        raise ValueError(f"quant.channel_weights must all be > 0, got {list(weights)}")
 
 
 def coded_scales(scales: Tensor, table: Tensor | None = None) -> Tensor:
@@ -148,7 +148,9 @@ class TrellisSymbols(SymbolCoding):
     neighbours: int = 1
     scan: str = "row"
     exact: bool = True
-    channel_weights: tuple[float, ...] | None = None
+    # The encoder's choice alone: not in the repr (the bitstream's model fingerprint) nor in
+    # equality (which CDF tables fit), as neither the tables nor the decoder depend on it.
+    channel_weights: tuple[float, ...] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.states not in TRELLISES:
@@ -303,6 +305,8 @@ class TrellisCodedQuantization(QuantizationStrategy):
     Args: those of :class:`TrellisSymbols` (``quant.states``, ``quant.step``,
     ``quant.rd_lambda``, ``quant.neighbours``, ``quant.scan``, ``quant.exact``,
     ``quant.channel_weights``).
+    ``channel_weights`` may also be ``"sensitivity"``: unweighted until :meth:`calibrate`
+    measures them on the codec (:mod:`licexp.quant.sensitivity`).
     """
 
     def __init__(
@@ -313,11 +317,11 @@ class TrellisCodedQuantization(QuantizationStrategy):
         neighbours: int = 1,
         scan: str = "row",
         exact: bool = True,
-        channel_weights: Sequence[float] | None = None,
+        channel_weights: str | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        weights = None if channel_weights is None else tuple(map(float, channel_weights))
-        self.coding = TrellisSymbols(states, step, rd_lambda, neighbours, scan, exact, weights)
+        self.measures_weights, fixed = channel_weights_setting(channel_weights)
+        self.coding = TrellisSymbols(states, step, rd_lambda, neighbours, scan, exact, fixed)
 
     @property
     def symbol_coding(self) -> TrellisSymbols:
@@ -344,6 +348,12 @@ class TrellisCodedQuantization(QuantizationStrategy):
             decoder_input=decoder_input,
             likelihoods=likelihoods.reshape(coded.shape),
         )
+
+    def calibrate(self, codec: nn.Module) -> None:
+        """``channel_weights=sensitivity``: measures them on ``codec``
+        (:func:`~licexp.quant.sensitivity.measured_channel_weights`)."""
+        if self.measures_weights:
+            self.coding = with_measured_weights(self.coding, codec)
 
     def extra_repr(self) -> str:
         return repr(self.coding)

@@ -164,6 +164,11 @@ class CodecModule(L.LightningModule):
             terms["ms_ssim"] = ms_ssim_batch(x, x_hat.clamp(0, 1)).mean()
         return terms
 
+    def on_fit_start(self) -> None:
+        # Before the sanity check: what the strategy measures of the model (TCQ's and
+        # RDOQ's channel_weights=sensitivity) is measured once, on the starting weights.
+        self.codec.quantizer.calibrate(self.codec)
+
     def on_train_start(self) -> None:
         """Sets the global random stream that the training steps draw from.
 
