@@ -187,6 +187,11 @@ RUNS: dict[str, Run] = {
     "python experiments/tcq_inference.py $S/1 --states 4 8 --steps 0.5 --rd-lambdas 0.05 "
     "--scans row plane --neighbours 1 2 --fixed-window "
     "--out experiments/results/tcq_inference/variants": Run("--images 1", {"$S": TCQ_SWEEP}),
+    "OMP_NUM_THREADS=1 python experiments/tcq_inference.py logs/train/multiruns/<date> "
+    "--rd-lambdas 0 0.025 0.05 0.1 --rdoq --weighted --reference noise_plus --jobs 2 "
+    "--images 8 --out experiments/results/tcq_rdoq": Run(
+        "--images 1 --rd-lambdas 0 0.1 --jobs 1", {"<date>": LAMBDA_SWEEP}
+    ),
     "python -m licexp.train -m experiment=jiang data.train.root=/data/photos "
     "ablation=baseline,fexm_frm,fenm_without_feature_loss,fenm,qecm "
     "lmbda=0.0035,0.0067,0.013,0.0483": Run(f"{SMOKE} backbone=jiang_small {GPU_RECIPE}", jobs=20),
