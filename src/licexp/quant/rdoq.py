@@ -143,9 +143,8 @@ class RateDistortionScalarQuantization(QuantizationStrategy):
     """RDOQ at inference, straight-through RDOQ in training (module docstring).
 
     Args: those of :class:`RateDistortionScalarSymbols` (``quant.step``,
-    ``quant.rd_lambda``, ``quant.channel_weights``).
-    ``channel_weights`` may also be ``"sensitivity"``: unweighted until :meth:`calibrate`
-    measures them on the codec (:mod:`licexp.quant.sensitivity`).
+    ``quant.rd_lambda``, ``quant.channel_weights``, which may be ``"sensitivity"`` as
+    TCQ's: measured by :meth:`calibrate`).
     """
 
     def __init__(
