@@ -174,6 +174,24 @@ def test_the_weights_leave_the_model_fingerprint_alone() -> None:
     assert model_fingerprint(codec) not in fingerprints, "a setting the tables use counts"
 
 
+def test_a_context_model_searches_unweighted_and_refuses_weights_it_cannot_apply(
+    caplog,
+) -> None:
+    """Tiny-LIC's stages search slices of the channels: ``sensitivity`` leaves its search
+    unweighted with a warning naming the backbone, given weights are refused by name."""
+    codec = golden_codec("tiny_lic", "ste")
+    codec.replace_quantizer(TrellisCodedQuantization(channel_weights="sensitivity"))
+    with caplog.at_level("WARNING", logger="licexp.quant.sensitivity"):
+        codec.prepare_for_coding()
+    assert "TinyLIC searches its context stages" in caplog.text
+    assert codec.quantizer.symbol_coding.channel_weights is None
+    reference, _, decoded = code_and_decode(codec, golden_image())
+    assert torch.equal(decoded, reference.x_hat)
+    codec.replace_quantizer(RateDistortionScalarQuantization(channel_weights=[1.0] * 24))
+    with pytest.raises(ValueError, match="not supported by TinyLIC"):
+        codec.prepare_for_coding()
+
+
 def test_a_misspelt_channel_weights_setting_is_named() -> None:
     with pytest.raises(Exception, match="null, 'sensitivity' or one positive number"):
         instantiate(compose_train(["quant=tcq", "quant.channel_weights=sensitive"]).quant)

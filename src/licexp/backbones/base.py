@@ -90,6 +90,10 @@ class LearnedCodec(CompressionModel):
     latent_names: tuple[str, ...] = ("z", "y")
     """The latents :meth:`compress` writes a string for, in decoding order."""
 
+    searches_whole_latent: bool = True
+    """Whether the strategy's search sees ``y`` whole (channels in dim 1), so that per-channel
+    settings apply (``quant.channel_weights``); a context model's stages see slices."""
+
     module_roles: dict[str, tuple[str, ...]] = {}
     """Role -> module names, for training a part of the codec (``model.trainable``):
     ``synthesis`` (the decoder ``g_s``) and ``entropy_parameters`` (the hyper decoder and

@@ -131,6 +131,7 @@ class TinyLIC(LearnedCodec):
     enhances_features = False
     """Whether ``forward`` returns the features of Jiang et al.'s feature loss: ``refined``,
     the output of ``g_a[0]``, and ``enhanced``, the input of ``g_s[-1]``."""
+    searches_whole_latent = False  # the nine stages search slices of parity planes
     crm_transparent: tuple[type[nn.Module], ...] = ()
     """Synthesis modules that start as identities, passed over when the convolution after a
     CRM is halved (:func:`~licexp.backbones.concatenated_residual.absorb_crm_gain`)."""

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 
 from licexp.quant.base import LikelihoodFunction, QuantizationStrategy, QuantizedLatent
 from licexp.quant.sensitivity import (
+    calibrated,
     channel_weights_setting,
     check_channel_weights,
-    with_measured_weights,
 )
 from licexp.quant.symbols import (
     CdfTables,
@@ -181,8 +181,7 @@ class RateDistortionScalarQuantization(QuantizationStrategy):
 
     def calibrate(self, codec: nn.Module) -> None:
         """``channel_weights=sensitivity``: measures them on ``codec``, as TCQ does."""
-        if self.measures_weights:
-            self.coding = with_measured_weights(self.coding, codec)
+        self.coding = calibrated(self.coding, codec, self.measures_weights)
 
     def extra_repr(self) -> str:
         return repr(self.coding)

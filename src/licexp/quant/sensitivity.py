@@ -23,6 +23,7 @@ of the five embedded photos with four probes each: the setting experiments/READM
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +34,8 @@ from licexp.data.photos import DEFAULT_PHOTOS, PhotoSamples
 
 if TYPE_CHECKING:
     from licexp.backbones.base import LearnedCodec
+
+log = logging.getLogger(__name__)
 
 SENSITIVITY = "sensitivity"
 CALIBRATION_CROP = 256
@@ -77,8 +80,26 @@ def measured_channel_weights(codec: LearnedCodec) -> tuple[float, ...]:
     return tuple(synthesis_sensitivity(codec, images).tolist())
 
 
-def with_measured_weights(coding: Coding, codec: LearnedCodec) -> Coding:
-    """``coding`` (a frozen dataclass with ``channel_weights``) with ``codec``'s weights."""
+def calibrated(coding: Coding, codec: LearnedCodec, measure: bool) -> Coding:
+    """``coding`` (a frozen dataclass with ``channel_weights``) with ``codec``'s measured
+    weights if ``measure``. A codec whose search sees slices of ``y`` (a context model's
+    stages) is searched unweighted, with a warning; weights given for it are refused."""
+    if not codec.searches_whole_latent:
+        name = type(codec).__name__
+        if coding.channel_weights is not None:
+            raise ValueError(
+                f"quant.channel_weights are not supported by {name}: its context stages "
+                f"search slices of the latent's channels; give quant.channel_weights=null"
+            )
+        if measure:
+            log.warning(
+                "quant.channel_weights=sensitivity: %s searches its context stages on slices "
+                "of the latent, which are not weighted yet; the search is unweighted",
+                name,
+            )
+        return coding
+    if not measure:
+        return coding
     return dataclasses.replace(coding, channel_weights=measured_channel_weights(codec))
 
 
