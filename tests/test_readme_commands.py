@@ -202,6 +202,10 @@ ZOO = (
     "needs weights from the Tiny-LIC release or CompressAI's zoo, which cannot be downloaded "
     "here; tests/test_importers.py writes both formats and loads them through the same code"
 )
+ABLATION_RECORD = (
+    "the record of a measured run, Table V's rows on ../shared/data/photos and Kodak (55 "
+    "minutes here); the rows run at test scale in the ablation multirun above"
+)
 NOT_RUNNABLE: dict[str, str] = {
     "make test": "the suite itself, which CI runs",
     "make test-fast": "the fast tier of this suite, which make test runs whole",
@@ -247,6 +251,21 @@ NOT_RUNNABLE: dict[str, str] = {
     "data.train.crops_per_image=16 data.num_workers=1": (
         "the record of a measured run, 60 trainings (42 minutes here); the same script runs on "
         "two test runs above"
+    ),
+    "OMP_NUM_THREADS=1 python -m licexp.train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 "
+    "experiment=jiang trainer=cpu data.train.root=../shared/data/photos train_crop_size=64 "
+    "data.batch_size=16 data.train.crops_per_image=16 data.num_workers=1 trainer.max_steps=600 "
+    "lmbda=0.0067 evaluation.anchors=[jpeg] data.test._target_=licexp.data.Kodak "
+    "~data.test.names backbone=jiang_small ablation=fexm_frm,fenm_without_feature_loss,fenm,"
+    "qecm": ABLATION_RECORD,
+    "OMP_NUM_THREADS=2 python -m licexp.train -m experiment=jiang trainer=cpu "
+    "data.train.root=../shared/data/photos train_crop_size=64 data.batch_size=16 "
+    "data.train.crops_per_image=16 data.num_workers=1 trainer.max_steps=600 lmbda=0.0067 "
+    "evaluation.anchors=[jpeg] data.test._target_=licexp.data.Kodak ~data.test.names "
+    "backbone=tiny_lic_small ablation=baseline": ABLATION_RECORD,
+    "python -m licexp.rd logs/train/multiruns/<rows> logs/train/multiruns/<baseline> "
+    "--out experiments/results/jiang_ablation_cpu": (
+        "reads the two measured runs above; the same command runs on a test sweep above"
     ),
     "python experiments/stage2.py /work/runs/rd_sweep/0 /work/runs/rd_sweep/1 "
     "/work/runs/rd_sweep/2 /work/runs/stage1/lmbda0.013 --steps 200": (
