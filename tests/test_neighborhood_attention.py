@@ -196,3 +196,19 @@ def test_drop_path_drops_whole_samples_in_training_only() -> None:
     assert (dropped == dropped[:, :1, :1]).all(), "one decision per sample"
     assert 0.45 < (kept > 0).float().mean() < 0.55
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_tables_first_built_in_inference_mode_serve_a_later_training_step() -> None:
+    """An evaluation under ``torch.inference_mode`` first builds the cached index tables of a
+    map size; a training step on that size then saves them for backward (an inference
+    tensor could not be) and gets gradients."""
+    generator = torch.Generator().manual_seed(5)
+    queries, keys, values = (torch.randn(1, 2, 13, 11, 4, generator=generator) for _ in range(3))
+    table = torch.randn(2, 5, 5, generator=generator)
+    with torch.inference_mode():
+        expected = neighborhood_attention(queries, keys, values, table, 3, backend="tiled")
+    trained = table.clone().requires_grad_(True)
+    output = neighborhood_attention(queries, keys, values, trained, 3, backend="tiled")
+    output.sum().backward()
+    assert torch.equal(output.detach(), expected)
+    assert trained.grad is not None and trained.grad.abs().sum() > 0

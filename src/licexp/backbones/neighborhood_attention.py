@@ -39,10 +39,30 @@ import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+
+T = TypeVar("T")
+
+
+def cached_tables(maxsize: int) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``functools.lru_cache`` for the index tables below, built outside inference mode:
+    a table first made under ``torch.inference_mode`` (an evaluation) would otherwise be an
+    inference tensor that a later training step cannot save for backward."""
+
+    def decorate(build: Callable[..., T]) -> Callable[..., T]:
+        @functools.lru_cache(maxsize=maxsize)
+        @functools.wraps(build)
+        def cached(*args: Any) -> T:
+            with torch.inference_mode(False):
+                return build(*args)
+
+        return cached
+
+    return decorate
 
 
 def window_starts(length: int, kernel_size: int, device: torch.device | None = None) -> Tensor:
@@ -85,7 +105,7 @@ class AxisTiling:
     """``(length,)``: its query index in that tile."""
 
 
-@functools.lru_cache(maxsize=128)
+@cached_tables(maxsize=128)
 def axis_tiling(length: int, kernel_size: int, device: torch.device) -> AxisTiling:
     """The :class:`AxisTiling` of an axis of ``length`` positions (cached)."""
     tile = min(tile_size(kernel_size), length)
@@ -113,7 +133,7 @@ def axis_tiling(length: int, kernel_size: int, device: torch.device) -> AxisTili
     )
 
 
-@functools.lru_cache(maxsize=16)
+@cached_tables(maxsize=16)
 def halo_bias_index(height: int, width: int, kernel_size: int, device: torch.device) -> Tensor:
     """``(tiles, T^2, (T + 2r)^2)`` int32: where each tile's query-key pair reads the bias.
 
@@ -252,7 +272,7 @@ def tiled_neighborhood_attention(
     ]
 
 
-@functools.lru_cache(maxsize=32)
+@cached_tables(maxsize=32)
 def neighborhood_block_mask(
     height: int, width: int, kernel_size: int, device: torch.device
 ) -> BlockMask:
