@@ -29,7 +29,17 @@ def smooth_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 
 def train_toy_codec(steps: int = 300, lmbda: float = 0.01) -> MeanScaleHyperprior:
-    """A tiny mean-scale model trained briefly on dead leaves (seconds on a CPU)."""
+    """A tiny mean-scale model trained briefly on dead leaves (seconds on a CPU), on one
+    thread: the same model whatever thread count the run or an earlier test left."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_toy_codec(steps, lmbda)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_toy_codec(steps: int, lmbda: float) -> MeanScaleHyperprior:
     torch.manual_seed(0)
     codec = MeanScaleHyperprior(N=16, M=24, quantizer=NoiseQuantization())
     data = DeadLeavesDataset(length=steps * 4, size=64, seed=1)

@@ -147,11 +147,14 @@ def test_a_stage2_step_is_the_real_bitstreams_rd_cost_and_the_discrete_gap_is_ze
     assert torch.equal(decoded, inference.x_hat)
     for name, likelihoods in inference.likelihoods.items():
         assert torch.equal(likelihoods, output.likelihoods[name].detach()), name
-    # ... and the real bytes, up to the coder's overhead (flushes, 16-bit pmfs).
+    # ... and the real bytes, up to the coder's overhead (flushes, 16-bit pmfs) and, for
+    # rounding, the coder's scale table: STE's rate takes the predicted scale, rANS the
+    # table's (up to 13 % wider); TCQ's rate already takes the table's.
+    tolerance = 0.05 if quant is TCQ else 0.10
     real_bpp = (
         sum(len(s) for per_latent in strings.values() for s in per_latent) * 8 / (x.numel() / 3)
     )
-    assert terms["bpp"].item() == pytest.approx(real_bpp, rel=0.05, abs=0.008)
+    assert terms["bpp"].item() == pytest.approx(real_bpp, rel=tolerance, abs=0.008)
     hard = module.codec.hard_latent(output.latents).decoder_input
     assert discrete_gap(hard, output.latents["y_hat"], 1.0).item() == 0
     terms["loss"].backward()  # the rate's gradient reaches the hyper decoder
