@@ -17,7 +17,7 @@ of ``g_s``. Cross terms between elements (errors that cancel in the image) are l
 measures ``w_c`` once per model, when the codec is prepared for coding or a training run
 starts (:meth:`~licexp.quant.QuantizationStrategy.calibrate`), on the central 256x256 crops
 of the five embedded photos with four probes each: the setting experiments/README.md
-("TCQ at inference") measured.
+("TCQ and RDOQ at inference") measured.
 """
 
 from __future__ import annotations
